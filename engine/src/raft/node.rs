@@ -929,7 +929,7 @@ impl RawNode {
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre && term > self.term)
-            || self.cfg.planted_bug == Some(PlantedBug::VoteTwice);
+            || (self.cfg.planted_bug == Some(PlantedBug::VoteTwice) && self.role == Role::Follower);
         let grant = can_vote && self.log.is_up_to_date(last_index, last_term);
         let (reply_term, body) = match (pre, grant) {
             (true, true) => (term, MessageBody::PreVoteResponse { reject: false }),
@@ -1738,9 +1738,16 @@ impl RawNode {
             ),
         }
         assert!(
-            self.membership_index >= self.log.offset,
-            "node {}: membership index below snapshot",
+            self.membership_index <= self.log.last_index(),
+            "node {}: membership index beyond the log",
             self.cfg.id
         );
+        if self.membership_index < self.log.offset {
+            assert_eq!(
+                self.membership, self.snapshot_membership,
+                "node {}: membership differs from the snapshot's",
+                self.cfg.id
+            );
+        }
     }
 }

@@ -19,8 +19,30 @@ pub use world::{SeedReport, SimOptions, Stats};
 use world::World;
 
 /// Runs one seed to completion (or to its first violation).
+///
+/// A panic inside the core (a failed assertion) is caught and reported as a violation of that
+/// seed, so a run over many seeds names the seed to replay.
 pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
-    World::new(seed, opts.clone()).run(seed)
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        World::new(seed, opts.clone()).run(seed)
+    }));
+    run.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "non-string panic".to_string());
+        SeedReport {
+            seed,
+            stats: Stats::default(),
+            sim_time_us: 0,
+            violation: Some(Violation {
+                invariant: "assertion",
+                detail: message,
+            }),
+            trace: Vec::new(),
+        }
+    })
 }
 
 impl SeedReport {

@@ -742,6 +742,8 @@ impl World {
         if self.violation.is_none() {
             self.serve_reads(k, g);
             self.maybe_compact(k, g);
+            // The core's O(n) structural checks, in release builds too.
+            self.nodes[k].live[g].raft.check_invariants();
         }
     }
 

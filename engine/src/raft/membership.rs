@@ -257,7 +257,7 @@ fn majority_value(voters: &BTreeSet<NodeId>, value_of: impl Fn(NodeId) -> u64) -
     values.sort_unstable_by(|a, b| b.cmp(a));
     // With n voters a majority is n/2 + 1; the (n/2)-th largest value (0-based) is held by
     // that many voters.
-    values[voters.len() / 2]
+    values.get(voters.len() / 2).copied().unwrap_or(0)
 }
 
 fn majority_vote(

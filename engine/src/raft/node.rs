@@ -1452,11 +1452,7 @@ impl RawNode {
                 self.election_elapsed = 0;
                 self.handle_snapshot(from, snapshot);
             }
-            MessageBody::TimeoutNow => {
-                if self.promotable() {
-                    self.campaign(true);
-                }
-            }
+            MessageBody::TimeoutNow => self.campaign(true),
             MessageBody::ReadIndex { ctx, lease } => {
                 if let Some(leader) = self.leader {
                     if leader != from {

@@ -138,11 +138,7 @@ fn sim(args: &SimArgs) -> ExitCode {
                 }
                 if let Some(v) = &report.violation {
                     violations += 1;
-                    let _ = writeln!(
-                        out,
-                        "VIOLATION seed {}: {}: {}",
-                        report.seed, v.invariant, v.detail
-                    );
+                    let _ = writeln!(out, "VIOLATION seed {}: {}: {}", report.seed, v.invariant, v.detail);
                     let _ = writeln!(out, "trace (last events before the violation):");
                     for line in &report.trace {
                         let _ = writeln!(out, "  {line}");
@@ -181,23 +177,11 @@ fn sim(args: &SimArgs) -> ExitCode {
 fn demo() -> ExitCode {
     println!("Flotilla demo");
     println!("=============");
-    println!(
-        "The multi-process cluster (redb storage, QUIC transport, RESP gateway) is not built yet;"
-    );
-    println!(
-        "this demo runs the deterministic simulator instead: 5 replicas of 2 Raft groups on a"
-    );
-    println!(
-        "simulated network with crashes, partitions, membership changes and leader transfers,"
-    );
+    println!("The multi-process cluster (redb storage, QUIC transport, RESP gateway) is not built yet;");
+    println!("this demo runs the deterministic simulator instead: 5 replicas of 2 Raft groups on a");
+    println!("simulated network with crashes, partitions, membership changes and leader transfers,");
     println!("checking every safety invariant as it goes.\n");
-    let opts = SimOptions {
-        nodes: 5,
-        groups: 2,
-        steps: 30_000,
-        planted_bug: None,
-        keep_trace: true,
-    };
+    let opts = SimOptions { nodes: 5, groups: 2, steps: 30_000, planted_bug: None, keep_trace: true };
     let report = run_seed(7, &opts);
     println!("Last notable events of seed 7:");
     for line in &report.trace {
@@ -208,9 +192,7 @@ fn demo() -> ExitCode {
         println!("VIOLATION: {}: {}", v.invariant, v.detail);
         return ExitCode::FAILURE;
     }
-    println!(
-        "\nNo invariant broke. Try `cargo run --release -- sim --seeds 500` for the full check,"
-    );
+    println!("\nNo invariant broke. Try `cargo run --release -- sim --seeds 500` for the full check,");
     println!("or `cargo run --release -- sim --inject-bug vote-twice --seeds 2000` to watch a planted bug get caught.");
     ExitCode::SUCCESS
 }

@@ -7,10 +7,7 @@
 use std::process::{Command, Output};
 
 fn flotilla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .output()
-        .expect("run flotilla")
+    Command::new(env!("CARGO_BIN_EXE_flotilla")).args(args).output().expect("run flotilla")
 }
 
 fn stdout(out: &Output) -> String {
@@ -19,15 +16,9 @@ fn stdout(out: &Output) -> String {
 
 /// Reads `name N` from the totals line.
 fn total(text: &str, name: &str) -> u64 {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("totals:"))
-        .expect("totals line");
+    let line = text.lines().find(|l| l.starts_with("totals:")).expect("totals line");
     let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words
-        .iter()
-        .position(|w| *w == name)
-        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    let at = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("no {name} in {line}"));
     words[at + 1].parse().expect("number")
 }
 
@@ -38,16 +29,9 @@ fn sim_clean_run_has_no_violations_and_exercises_every_fault() {
     assert!(out.status.success(), "sim failed:\n{text}");
     assert_eq!(total(&text, "violations"), 0, "{text}");
     assert_eq!(total(&text, "seeds"), 40);
-    for counter in [
-        "elections",
-        "commits",
-        "crashes",
-        "partitions",
-        "membership",
-        "transfers",
-        "snapshots",
-        "reads",
-    ] {
+    for counter in
+        ["elections", "commits", "crashes", "partitions", "membership", "transfers", "snapshots", "reads"]
+    {
         assert!(total(&text, counter) > 0, "{counter} is zero:\n{text}");
     }
     assert_eq!(text.lines().filter(|l| l.starts_with("seed ")).count(), 40);
@@ -58,10 +42,7 @@ fn sim_same_seed_replays_byte_identically() {
     let a = flotilla(&["sim", "--seed", "1234", "--seeds", "3", "--threads", "2"]);
     let b = flotilla(&["sim", "--seed", "1234", "--seeds", "3", "--threads", "1"]);
     assert!(a.status.success() && b.status.success());
-    assert_eq!(
-        a.stdout, b.stdout,
-        "output differs between runs of the same seeds"
-    );
+    assert_eq!(a.stdout, b.stdout, "output differs between runs of the same seeds");
     assert!(!a.stdout.is_empty());
 }
 
@@ -86,10 +67,7 @@ fn sim_catches_every_planted_bug() {
             !violation.contains("assertion"),
             "{bug}: caught only by a panic, not by a checker: {violation}"
         );
-        let replay = text
-            .lines()
-            .find(|l| l.starts_with("replay: "))
-            .expect("replay line");
+        let replay = text.lines().find(|l| l.starts_with("replay: ")).expect("replay line");
         assert!(replay.contains(&format!("--inject-bug {bug}")), "{replay}");
     }
 }

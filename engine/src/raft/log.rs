@@ -83,8 +83,7 @@ impl RaftLog {
     /// Whether a log ending at (`last_index`, `last_term`) is at least as up to date as ours
     /// (§5.4.1: compare last terms, then lengths).
     pub fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
-        last_term > self.last_term()
-            || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Entries in `[lo, hi]`, at most `max_count` of them and at most `max_bytes` (but at least
@@ -119,10 +118,7 @@ impl RaftLog {
     /// The first index in `entries` whose term differs from ours, or that we do not have; `None`
     /// if we already hold all of them.
     fn find_conflict(&self, entries: &[Entry]) -> Option<LogIndex> {
-        entries
-            .iter()
-            .find(|e| !self.matches(e.index, e.term))
-            .map(|e| e.index)
+        entries.iter().find(|e| !self.matches(e.index, e.term)).map(|e| e.index)
     }
 
     /// Appends entries that directly follow a matched prefix, truncating any conflicting suffix
@@ -146,12 +142,7 @@ impl RaftLog {
     /// Replaces everything from `entries[0].index` on with `entries`.
     pub fn truncate_and_append(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else { return };
-        assert!(
-            first.index > self.offset,
-            "log: append at {} below snapshot {}",
-            first.index,
-            self.offset
-        );
+        assert!(first.index > self.offset, "log: append at {} below snapshot {}", first.index, self.offset);
         assert!(
             first.index <= self.last_index().next(),
             "log: append at {} leaves a gap after {}",
@@ -175,11 +166,7 @@ impl RaftLog {
         if index <= self.committed {
             return false;
         }
-        assert!(
-            index <= self.last_index(),
-            "log: commit {index} beyond last index {}",
-            self.last_index()
-        );
+        assert!(index <= self.last_index(), "log: commit {index} beyond last index {}", self.last_index());
         self.committed = index;
         true
     }
@@ -200,11 +187,7 @@ impl RaftLog {
         if index <= self.offset {
             return Err(Compacted);
         }
-        assert!(
-            index <= self.applied,
-            "log: compact {index} beyond applied {}",
-            self.applied
-        );
+        assert!(index <= self.applied, "log: compact {index} beyond applied {}", self.applied);
         let term = self.term(index).ok_or(Compacted)?;
         let drop = usize::try_from(index.0 - self.offset.0).unwrap_or(usize::MAX);
         self.entries.drain(..drop.min(self.entries.len()));
@@ -215,8 +198,8 @@ impl RaftLog {
 
     /// Entries to hand to the host for persisting.
     pub fn unstable(&self) -> &[Entry] {
-        let from = usize::try_from(self.unstable_from.0.saturating_sub(self.offset.0 + 1))
-            .unwrap_or(usize::MAX);
+        let from =
+            usize::try_from(self.unstable_from.0.saturating_sub(self.offset.0 + 1)).unwrap_or(usize::MAX);
         self.entries.get(from..).unwrap_or(&[])
     }
 
@@ -258,14 +241,8 @@ impl RaftLog {
             self.offset,
             self.committed
         );
-        assert!(
-            self.persisted <= self.last_index(),
-            "log: persisted beyond last"
-        );
-        assert!(
-            self.unstable_from <= self.last_index().next(),
-            "log: unstable_from beyond end"
-        );
+        assert!(self.persisted <= self.last_index(), "log: persisted beyond last");
+        assert!(self.unstable_from <= self.last_index().next(), "log: unstable_from beyond end");
     }
 }
 
@@ -275,11 +252,7 @@ mod tests {
     use crate::raft::types::EntryPayload;
 
     fn e(index: u64, term: u64) -> Entry {
-        Entry {
-            index: LogIndex(index),
-            term: Term(term),
-            payload: EntryPayload::Empty,
-        }
+        Entry { index: LogIndex(index), term: Term(term), payload: EntryPayload::Empty }
     }
 
     #[test]
@@ -297,11 +270,7 @@ mod tests {
     fn append_of_held_entries_changes_nothing() {
         let mut log = RaftLog::new(LogIndex(0), Term(0), vec![e(1, 1), e(2, 1), e(3, 2)]);
         assert_eq!(log.append_after_match(&[e(1, 1), e(2, 1)]), None);
-        assert_eq!(
-            log.last_index(),
-            LogIndex(3),
-            "a stale append must not truncate a longer log"
-        );
+        assert_eq!(log.last_index(), LogIndex(3), "a stale append must not truncate a longer log");
     }
 
     #[test]
@@ -312,16 +281,8 @@ mod tests {
         log.compact(LogIndex(2)).unwrap();
         assert_eq!(log.term(LogIndex(2)), Some(Term(1)));
         assert_eq!(log.term(LogIndex(1)), None);
-        assert_eq!(
-            log.slice(LogIndex(2), LogIndex(3), 10, 1 << 20),
-            Err(Compacted)
-        );
-        assert_eq!(
-            log.slice(LogIndex(3), LogIndex(3), 10, 1 << 20)
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(log.slice(LogIndex(2), LogIndex(3), 10, 1 << 20), Err(Compacted));
+        assert_eq!(log.slice(LogIndex(3), LogIndex(3), 10, 1 << 20).unwrap().len(), 1);
         log.check_invariants();
     }
 }

@@ -58,10 +58,7 @@ pub enum VoteResult {
 impl Membership {
     /// A simple membership of the given voters.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Membership {
-        Membership {
-            voters: voters.into_iter().collect(),
-            ..Membership::default()
-        }
+        Membership { voters: voters.into_iter().collect(), ..Membership::default() }
     }
 
     pub fn is_joint(&self) -> bool {
@@ -191,22 +188,12 @@ impl Membership {
                 }
                 let next = if voters == self.voters {
                     // Only learners changed: no quorum is affected, so no joint phase is needed.
-                    Membership {
-                        voters,
-                        learners,
-                        ..Membership::default()
-                    }
+                    Membership { voters, learners, ..Membership::default() }
                 } else {
                     let outgoing = self.voters.clone();
-                    let learners_next: BTreeSet<NodeId> =
-                        learners.intersection(&outgoing).copied().collect();
+                    let learners_next: BTreeSet<NodeId> = learners.intersection(&outgoing).copied().collect();
                     let learners = learners.difference(&learners_next).copied().collect();
-                    Membership {
-                        voters,
-                        voters_outgoing: outgoing,
-                        learners,
-                        learners_next,
-                    }
+                    Membership { voters, voters_outgoing: outgoing, learners, learners_next }
                 };
                 next.validate()?;
                 Ok(next)
@@ -225,8 +212,7 @@ impl Membership {
 
     /// Like `committed_index`, for any monotone per-voter counter (heartbeat round acks).
     pub fn quorum_value(&self, value_of: impl Fn(NodeId) -> u64) -> u64 {
-        majority_value(&self.voters, &value_of)
-            .min(majority_value(&self.voters_outgoing, &value_of))
+        majority_value(&self.voters, &value_of).min(majority_value(&self.voters_outgoing, &value_of))
     }
 
     /// Counts votes: `granted(id)` is `Some(true)` for a grant, `Some(false)` for a rejection,
@@ -260,10 +246,7 @@ fn majority_value(voters: &BTreeSet<NodeId>, value_of: impl Fn(NodeId) -> u64) -
     values.get(voters.len() / 2).copied().unwrap_or(0)
 }
 
-fn majority_vote(
-    voters: &BTreeSet<NodeId>,
-    granted: impl Fn(NodeId) -> Option<bool>,
-) -> VoteResult {
+fn majority_vote(voters: &BTreeSet<NodeId>, granted: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
     if voters.is_empty() {
         return VoteResult::Won;
     }
@@ -296,10 +279,7 @@ mod tests {
     #[test]
     fn majority_of_three_needs_two() {
         let m = Membership::with_voters(ids(&[1, 2, 3]));
-        assert_eq!(
-            m.committed_index(|id| LogIndex(if id == NodeId(1) { 5 } else { 3 })),
-            LogIndex(3)
-        );
+        assert_eq!(m.committed_index(|id| LogIndex(if id == NodeId(1) { 5 } else { 3 })), LogIndex(3));
         assert_eq!(
             m.committed_index(|id| LogIndex(match id.0 {
                 1 => 9,
@@ -323,28 +303,16 @@ mod tests {
             .unwrap();
         assert!(joint.is_joint());
         // C_new = {1,4,5} has a majority at 10, C_old = {1,2,3} only at 2.
-        let v =
-            joint.committed_index(|id| LogIndex(if [1, 4, 5].contains(&id.0) { 10 } else { 2 }));
+        let v = joint.committed_index(|id| LogIndex(if [1, 4, 5].contains(&id.0) { 10 } else { 2 }));
         assert_eq!(v, LogIndex(2));
-        assert_eq!(
-            joint.vote_result(|id| Some([1, 4, 5].contains(&id.0))),
-            VoteResult::Lost
-        );
-        assert_eq!(
-            joint.vote_result(|id| Some([1, 2, 4].contains(&id.0))),
-            VoteResult::Won
-        );
+        assert_eq!(joint.vote_result(|id| Some([1, 4, 5].contains(&id.0))), VoteResult::Lost);
+        assert_eq!(joint.vote_result(|id| Some([1, 2, 4].contains(&id.0))), VoteResult::Won);
     }
 
     #[test]
     fn learners_only_change_skips_joint() {
         let m = Membership::with_voters(ids(&[1, 2, 3]));
-        let next = m
-            .apply(&ConfChange::Change(vec![(
-                NodeId(4),
-                ConfChangeKind::AddLearner,
-            )]))
-            .unwrap();
+        let next = m.apply(&ConfChange::Change(vec![(NodeId(4), ConfChangeKind::AddLearner)])).unwrap();
         assert!(!next.is_joint());
         assert!(next.is_learner(NodeId(4)));
     }
@@ -352,12 +320,7 @@ mod tests {
     #[test]
     fn demotion_goes_through_learners_next() {
         let m = Membership::with_voters(ids(&[1, 2, 3]));
-        let joint = m
-            .apply(&ConfChange::Change(vec![(
-                NodeId(3),
-                ConfChangeKind::AddLearner,
-            )]))
-            .unwrap();
+        let joint = m.apply(&ConfChange::Change(vec![(NodeId(3), ConfChangeKind::AddLearner)])).unwrap();
         assert!(joint.is_joint());
         assert!(joint.is_voter(NodeId(3)));
         assert!(joint.learners_next.contains(&NodeId(3)));
@@ -369,11 +332,6 @@ mod tests {
     #[test]
     fn change_that_removes_every_voter_is_refused() {
         let m = Membership::with_voters(ids(&[1]));
-        assert!(m
-            .apply(&ConfChange::Change(vec![(
-                NodeId(1),
-                ConfChangeKind::Remove
-            )]))
-            .is_err());
+        assert!(m.apply(&ConfChange::Change(vec![(NodeId(1), ConfChangeKind::Remove)])).is_err());
     }
 }

@@ -23,10 +23,9 @@ mod tests;
 
 pub use membership::{ConfChange, ConfChangeKind, Membership, VoteResult};
 pub use node::{
-    Config, InitialState, PlantedBug, RaftError, RawNode, Ready, Role, SoftState, Status,
-    BOOTSTRAP_TERM,
+    Config, InitialState, PlantedBug, RaftError, RawNode, Ready, Role, SoftState, Status, BOOTSTRAP_TERM,
 };
 pub use types::{
-    Entry, EntryPayload, HardState, InvalidMessage, LogIndex, Message, MessageBody, NodeId,
-    ReadMode, ReadState, Snapshot, SnapshotMeta, Term, LOG_INDEX_MAX,
+    Entry, EntryPayload, HardState, InvalidMessage, LogIndex, Message, MessageBody, NodeId, ReadMode,
+    ReadState, Snapshot, SnapshotMeta, Term, LOG_INDEX_MAX,
 };

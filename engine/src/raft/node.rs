@@ -30,8 +30,8 @@ use super::log::RaftLog;
 use super::membership::{ConfChange, Membership, VoteResult};
 use super::progress::{Progress, ProgressState};
 use super::types::{
-    Entry, EntryPayload, HardState, InvalidMessage, LogIndex, Message, MessageBody, NodeId,
-    ReadMode, ReadState, Snapshot, SnapshotMeta, Term, LOG_INDEX_MAX,
+    Entry, EntryPayload, HardState, InvalidMessage, LogIndex, Message, MessageBody, NodeId, ReadMode,
+    ReadState, Snapshot, SnapshotMeta, Term, LOG_INDEX_MAX,
 };
 use crate::rng::Rng;
 
@@ -210,11 +210,7 @@ impl InitialState {
     /// like any other entry, so every log (and snapshot) carries its membership.
     pub fn bootstrap(membership: Membership) -> InitialState {
         InitialState {
-            hard_state: HardState {
-                term: BOOTSTRAP_TERM,
-                vote: None,
-                commit: LogIndex(1),
-            },
+            hard_state: HardState { term: BOOTSTRAP_TERM, vote: None, commit: LogIndex(1) },
             snapshot: None,
             entries: vec![Entry {
                 term: BOOTSTRAP_TERM,
@@ -352,10 +348,7 @@ impl RawNode {
                 )));
             }
             if entry.term < last_term {
-                return Err(RaftError::InvalidState(format!(
-                    "term decreases at {}",
-                    entry.index
-                )));
+                return Err(RaftError::InvalidState(format!("term decreases at {}", entry.index)));
             }
             if entry.term > initial.hard_state.term {
                 return Err(RaftError::InvalidState(format!(
@@ -372,13 +365,8 @@ impl RawNode {
         log.committed = commit;
         log.applied = initial.applied.clamp(offset, commit);
         let mut rng = Rng::new(seed);
-        let randomized_election_ticks =
-            cfg.election_ticks + rng.below(u64::from(cfg.election_ticks)) as u32;
-        let hard_state = HardState {
-            term: initial.hard_state.term,
-            vote: initial.hard_state.vote,
-            commit,
-        };
+        let randomized_election_ticks = cfg.election_ticks + rng.below(u64::from(cfg.election_ticks)) as u32;
+        let hard_state = HardState { term: initial.hard_state.term, vote: initial.hard_state.vote, commit };
         let mut node = RawNode {
             rng,
             term: initial.hard_state.term,
@@ -393,8 +381,7 @@ impl RawNode {
             pending_snapshot: None,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
-            restarted: initial.hard_state.term > BOOTSTRAP_TERM
-                || initial.hard_state.vote.is_some(),
+            restarted: initial.hard_state.term > BOOTSTRAP_TERM || initial.hard_state.vote.is_some(),
             ticks: 0,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
@@ -411,10 +398,7 @@ impl RawNode {
             messages: Vec::new(),
             read_states: Vec::new(),
             prev_hard_state: hard_state,
-            prev_soft_state: SoftState {
-                role: Role::Follower,
-                leader: None,
-            },
+            prev_soft_state: SoftState { role: Role::Follower, leader: None },
             in_ready: None,
             cfg,
         };
@@ -538,9 +522,8 @@ impl RawNode {
                 let me = self.cfg.id;
                 let active = {
                     let progress = &self.progress;
-                    self.quorum_membership().has_quorum(|id| {
-                        id == me || progress.get(&id).is_some_and(|p| p.recent_active)
-                    })
+                    self.quorum_membership()
+                        .has_quorum(|id| id == me || progress.get(&id).is_some_and(|p| p.recent_active))
                 };
                 for (id, p) in self.progress.iter_mut() {
                     p.recent_active = *id == me;
@@ -595,10 +578,7 @@ impl RawNode {
         if self.membership_index > self.log.committed || self.membership.is_joint() {
             return Err(RaftError::ConfChangePending);
         }
-        let next = self
-            .membership
-            .apply(&change)
-            .map_err(RaftError::InvalidConfChange)?;
+        let next = self.membership.apply(&change).map_err(RaftError::InvalidConfChange)?;
         Ok(self.append_entry(EntryPayload::Membership(next)))
     }
 
@@ -613,13 +593,7 @@ impl RawNode {
             }
             _ => match self.leader {
                 Some(leader) => {
-                    self.send(
-                        leader,
-                        MessageBody::ReadIndex {
-                            ctx,
-                            lease: mode == ReadMode::Lease,
-                        },
-                    );
+                    self.send(leader, MessageBody::ReadIndex { ctx, lease: mode == ReadMode::Lease });
                     Ok(())
                 }
                 None => Err(RaftError::NotLeader { leader_hint: None }),
@@ -632,9 +606,7 @@ impl RawNode {
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), RaftError> {
         self.debug_assert_not_in_ready();
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader {
-                leader_hint: self.leader,
-            });
+            return Err(RaftError::NotLeader { leader_hint: self.leader });
         }
         if to == self.cfg.id {
             return Ok(());
@@ -644,10 +616,7 @@ impl RawNode {
         }
         self.transfer_target = Some(to);
         self.election_elapsed = 0;
-        let caught_up = self
-            .progress
-            .get(&to)
-            .is_some_and(|p| p.match_index == self.log.last_index());
+        let caught_up = self.progress.get(&to).is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
             self.send_timeout_now(to);
         } else {
@@ -674,18 +643,9 @@ impl RawNode {
         }
         let membership = self.membership_at(index);
         let term = self.log.term(index).ok_or(RaftError::Compacted { index })?;
-        self.log
-            .compact(index)
-            .map_err(|_| RaftError::Compacted { index })?;
-        let meta = SnapshotMeta {
-            index,
-            term,
-            membership: membership.clone(),
-        };
-        self.snapshot = Some(Snapshot {
-            meta: meta.clone(),
-            data,
-        });
+        self.log.compact(index).map_err(|_| RaftError::Compacted { index })?;
+        let meta = SnapshotMeta { index, term, membership: membership.clone() };
+        self.snapshot = Some(Snapshot { meta: meta.clone(), data });
         self.snapshot_membership = membership;
         Ok(meta)
     }
@@ -695,17 +655,10 @@ impl RawNode {
         self.debug_assert_not_in_ready();
         m.validate(self.cfg.id)?;
         if m.term.0 > LOG_INDEX_MAX {
-            return Err(InvalidMessage::IndexOutOfRange {
-                what: "term",
-                value: m.term.0,
-            }
-            .into());
+            return Err(InvalidMessage::IndexOutOfRange { what: "term", value: m.term.0 }.into());
         }
         if m.term > self.term {
-            let is_vote_request = matches!(
-                m.body,
-                MessageBody::PreVote { .. } | MessageBody::Vote { .. }
-            );
+            let is_vote_request = matches!(m.body, MessageBody::PreVote { .. } | MessageBody::Vote { .. });
             let forced = matches!(m.body, MessageBody::Vote { transfer: true, .. });
             if is_vote_request && !forced && self.in_leader_lease() {
                 // Leader stickiness: we heard from a live leader less than an election timeout
@@ -751,15 +704,12 @@ impl RawNode {
         }
 
         match m.body {
-            MessageBody::PreVote {
-                last_index,
-                last_term,
-            } => self.handle_vote_request(m.from, m.term, last_index, last_term, true),
-            MessageBody::Vote {
-                last_index,
-                last_term,
-                ..
-            } => self.handle_vote_request(m.from, m.term, last_index, last_term, false),
+            MessageBody::PreVote { last_index, last_term } => {
+                self.handle_vote_request(m.from, m.term, last_index, last_term, true)
+            }
+            MessageBody::Vote { last_index, last_term, .. } => {
+                self.handle_vote_request(m.from, m.term, last_index, last_term, false)
+            }
             body => match self.role {
                 Role::Leader => self.step_leader(m.from, body),
                 Role::Candidate | Role::PreCandidate => self.step_candidate(m.from, m.term, body),
@@ -858,8 +808,7 @@ impl RawNode {
     fn in_leader_lease(&self) -> bool {
         self.cfg.check_quorum
             && self.election_elapsed < self.cfg.election_ticks
-            && (self.leader.is_some()
-                || (self.restarted && self.ticks < u64::from(self.cfg.election_ticks)))
+            && (self.leader.is_some() || (self.restarted && self.ticks < u64::from(self.cfg.election_ticks)))
     }
 
     /// Starts an election: with pre-vote enabled a pre-vote round first, unless this is a
@@ -893,23 +842,11 @@ impl RawNode {
                 continue;
             }
             let body = if pre {
-                MessageBody::PreVote {
-                    last_index,
-                    last_term,
-                }
+                MessageBody::PreVote { last_index, last_term }
             } else {
-                MessageBody::Vote {
-                    last_index,
-                    last_term,
-                    transfer,
-                }
+                MessageBody::Vote { last_index, last_term, transfer }
             };
-            self.messages.push(Message {
-                from: self.cfg.id,
-                to: id,
-                term: campaign_term,
-                body,
-            });
+            self.messages.push(Message { from: self.cfg.id, to: id, term: campaign_term, body });
         }
         self.tally_votes();
     }
@@ -940,12 +877,7 @@ impl RawNode {
             self.vote = Some(from);
             self.election_elapsed = 0;
         }
-        self.messages.push(Message {
-            from: self.cfg.id,
-            to: from,
-            term: reply_term,
-            body,
-        });
+        self.messages.push(Message { from: self.cfg.id, to: from, term: reply_term, body });
     }
 
     fn step_candidate(&mut self, from: NodeId, term: Term, body: MessageBody) {
@@ -963,9 +895,7 @@ impl RawNode {
                 self.votes.entry(from).or_insert(!reject);
                 self.tally_votes();
             }
-            MessageBody::VoteResponse { reject }
-                if self.role == Role::Candidate && term == self.term =>
-            {
+            MessageBody::VoteResponse { reject } if self.role == Role::Candidate && term == self.term => {
                 self.votes.entry(from).or_insert(!reject);
                 self.tally_votes();
             }
@@ -976,8 +906,7 @@ impl RawNode {
     fn tally_votes(&mut self) {
         let result = {
             let votes = &self.votes;
-            self.quorum_membership()
-                .vote_result(|id| votes.get(&id).copied())
+            self.quorum_membership().vote_result(|id| votes.get(&id).copied())
         };
         match result {
             VoteResult::Won if self.role == Role::PreCandidate => self.start_election(false, false),
@@ -1006,12 +935,7 @@ impl RawNode {
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
-        assert!(
-            term >= self.term,
-            "node {} term would go back from {} to {term}",
-            self.cfg.id,
-            self.term
-        );
+        assert!(term >= self.term, "node {} term would go back from {} to {term}", self.cfg.id, self.term);
         if term > self.term {
             self.vote = None;
         }
@@ -1022,13 +946,7 @@ impl RawNode {
     }
 
     fn become_leader(&mut self) {
-        assert_eq!(
-            self.role,
-            Role::Candidate,
-            "node {} became leader from {:?}",
-            self.cfg.id,
-            self.role
-        );
+        assert_eq!(self.role, Role::Candidate, "node {} became leader from {:?}", self.cfg.id, self.role);
         self.reset_role_state();
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
@@ -1038,10 +956,7 @@ impl RawNode {
         }
         let me = self.cfg.id;
         let persisted = self.log.persisted;
-        let p = self
-            .progress
-            .entry(me)
-            .or_insert_with(|| Progress::new(next));
+        let p = self.progress.entry(me).or_insert_with(|| Progress::new(next));
         p.maybe_update(persisted);
         p.become_replicate();
         p.recent_active = true;
@@ -1054,9 +969,7 @@ impl RawNode {
 
     fn check_can_propose(&self) -> Result<(), RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader {
-                leader_hint: self.leader,
-            });
+            return Err(RaftError::NotLeader { leader_hint: self.leader });
         }
         if self.transfer_target.is_some() {
             return Err(RaftError::TransferInProgress);
@@ -1073,11 +986,7 @@ impl RawNode {
         debug_assert_eq!(self.role, Role::Leader);
         let index = self.log.last_index().next();
         let is_membership = matches!(payload, EntryPayload::Membership(_));
-        self.log.truncate_and_append(&[Entry {
-            term: self.term,
-            index,
-            payload,
-        }]);
+        self.log.truncate_and_append(&[Entry { term: self.term, index, payload }]);
         if is_membership {
             self.refresh_membership();
         }
@@ -1087,12 +996,7 @@ impl RawNode {
 
     fn step_leader(&mut self, from: NodeId, body: MessageBody) {
         match body {
-            MessageBody::AppendResponse {
-                reject,
-                index,
-                hint_index,
-                hint_term,
-            } => {
+            MessageBody::AppendResponse { reject, index, hint_index, hint_term } => {
                 let Some(p) = self.progress.get_mut(&from) else {
                     return;
                 };
@@ -1110,9 +1014,7 @@ impl RawNode {
                 };
                 p.recent_active = true;
                 p.probe_sent = false;
-                if p.state == ProgressState::Replicate
-                    && p.inflight.len() >= self.cfg.max_inflight_msgs
-                {
+                if p.state == ProgressState::Replicate && p.inflight.len() >= self.cfg.max_inflight_msgs {
                     // The follower is alive but the window is full: an append may have been
                     // lost. Free one slot; if there is a gap the follower's rejection sends
                     // us back to probing from its real position.
@@ -1126,11 +1028,7 @@ impl RawNode {
                 self.on_round_acked();
             }
             MessageBody::ReadIndex { ctx, lease } => {
-                let mode = if lease {
-                    ReadMode::Lease
-                } else {
-                    ReadMode::ReadIndex
-                };
+                let mode = if lease { ReadMode::Lease } else { ReadMode::ReadIndex };
                 self.leader_read(ctx, from, mode);
             }
             _ => {}
@@ -1229,12 +1127,7 @@ impl RawNode {
         let last_index = self.log.last_index();
         let prev_term = self.log.term(prev_index);
         let entries = match prev_term {
-            Some(_) => self.log.slice(
-                next,
-                last_index,
-                self.cfg.max_msg_entries,
-                self.cfg.max_msg_bytes,
-            ),
+            Some(_) => self.log.slice(next, last_index, self.cfg.max_msg_entries, self.cfg.max_msg_bytes),
             None => Err(super::log::Compacted),
         };
         match (prev_term, entries) {
@@ -1247,15 +1140,7 @@ impl RawNode {
                 if let (Some(p), Some(last)) = (self.progress.get_mut(&to), last) {
                     p.sent_entries(last);
                 }
-                self.send(
-                    to,
-                    MessageBody::Append {
-                        prev_index,
-                        prev_term,
-                        entries,
-                        commit,
-                    },
-                );
+                self.send(to, MessageBody::Append { prev_index, prev_term, entries, commit });
                 last.is_some()
             }
             _ => {
@@ -1275,12 +1160,7 @@ impl RawNode {
     }
 
     fn broadcast_append(&mut self, allow_empty: bool) {
-        let peers: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.cfg.id)
-            .collect();
+        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.cfg.id).collect();
         for id in peers {
             if !self.send_append(id, allow_empty) {
                 continue;
@@ -1354,13 +1234,7 @@ impl RawNode {
         let (committed, read_seq) = (self.log.committed, self.read_seq);
         for (id, match_index) in peers {
             // Never tell a follower to commit beyond what it is known to hold.
-            self.send(
-                id,
-                MessageBody::Heartbeat {
-                    commit: committed.min(match_index),
-                    read_seq,
-                },
-            );
+            self.send(id, MessageBody::Heartbeat { commit: committed.min(match_index), read_seq });
         }
         if self.quorum_membership().has_quorum(|id| id == self.cfg.id) {
             // A single-voter group acknowledges its own rounds.
@@ -1410,12 +1284,7 @@ impl RawNode {
         }
         self.start_heartbeat_round();
         let seq = self.read_seq;
-        self.pending_reads.push_back(PendingRead {
-            seq,
-            ctx,
-            requester,
-            index,
-        });
+        self.pending_reads.push_back(PendingRead { seq, ctx, requester, index });
     }
 
     fn answer_read(&mut self, ctx: u64, requester: NodeId, index: LogIndex) {
@@ -1430,12 +1299,7 @@ impl RawNode {
 
     fn step_follower(&mut self, from: NodeId, body: MessageBody) {
         match body {
-            MessageBody::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            } => {
+            MessageBody::Append { prev_index, prev_term, entries, commit } => {
                 self.leader = Some(from);
                 self.election_elapsed = 0;
                 self.handle_append(from, prev_index, prev_term, &entries, commit);
@@ -1457,20 +1321,12 @@ impl RawNode {
                 if let Some(leader) = self.leader {
                     if leader != from {
                         let body = MessageBody::ReadIndex { ctx, lease };
-                        self.messages.push(Message {
-                            from,
-                            to: leader,
-                            term: self.term,
-                            body,
-                        });
+                        self.messages.push(Message { from, to: leader, term: self.term, body });
                     }
                 }
             }
             MessageBody::ReadIndexResponse { ctx, index } => {
-                self.read_states.push(ReadState {
-                    ctx,
-                    index: index.min(LogIndex(LOG_INDEX_MAX)),
-                });
+                self.read_states.push(ReadState { ctx, index: index.min(LogIndex(LOG_INDEX_MAX)) });
             }
             _ => {}
         }
@@ -1491,12 +1347,7 @@ impl RawNode {
             let index = self.log.committed;
             self.send(
                 from,
-                MessageBody::AppendResponse {
-                    reject: false,
-                    index,
-                    hint_index: index,
-                    hint_term: None,
-                },
+                MessageBody::AppendResponse { reject: false, index, hint_index: index, hint_term: None },
             );
             return;
         }
@@ -1517,21 +1368,14 @@ impl RawNode {
             };
             self.send(
                 from,
-                MessageBody::AppendResponse {
-                    reject: true,
-                    index: prev_index,
-                    hint_index,
-                    hint_term,
-                },
+                MessageBody::AppendResponse { reject: true, index: prev_index, hint_index, hint_term },
             );
             return;
         }
         let last_new = prev_index.plus(entries.len() as u64);
         if let Some(changed) = self.log.append_after_match(entries) {
             let membership_touched = changed <= self.membership_index
-                || entries
-                    .iter()
-                    .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+                || entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
             if membership_touched {
                 self.refresh_membership();
             }
@@ -1554,12 +1398,7 @@ impl RawNode {
             let index = self.log.committed;
             self.send(
                 from,
-                MessageBody::AppendResponse {
-                    reject: false,
-                    index,
-                    hint_index: index,
-                    hint_term: None,
-                },
+                MessageBody::AppendResponse { reject: false, index, hint_index: index, hint_term: None },
             );
             return;
         }
@@ -1576,12 +1415,7 @@ impl RawNode {
         let index = snapshot.meta.index;
         self.send(
             from,
-            MessageBody::AppendResponse {
-                reject: false,
-                index,
-                hint_index: index,
-                hint_term: None,
-            },
+            MessageBody::AppendResponse { reject: false, index, hint_index: index, hint_term: None },
         );
     }
 
@@ -1590,25 +1424,18 @@ impl RawNode {
     /// Recomputes the membership from the log: it is set by the last membership entry appended,
     /// committed or not (§4.1: a server uses the latest configuration in its log).
     fn refresh_membership(&mut self) {
-        let found = self
-            .log
-            .entries
-            .iter()
-            .rev()
-            .find_map(|e| match &e.payload {
-                EntryPayload::Membership(m) => Some((e.index, m.clone())),
-                _ => None,
-            });
-        let (index, membership) =
-            found.unwrap_or((self.log.offset, self.snapshot_membership.clone()));
+        let found = self.log.entries.iter().rev().find_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some((e.index, m.clone())),
+            _ => None,
+        });
+        let (index, membership) = found.unwrap_or((self.log.offset, self.snapshot_membership.clone()));
         self.membership = membership;
         self.membership_index = index;
         if self.role == Role::Leader {
             let next = self.log.last_index().next();
             let members = self.membership.members();
             let me = self.cfg.id;
-            self.progress
-                .retain(|id, _| *id == me || members.contains(id));
+            self.progress.retain(|id, _| *id == me || members.contains(id));
             for id in members {
                 self.progress.entry(id).or_insert_with(|| {
                     let mut p = Progress::new(next);
@@ -1636,8 +1463,7 @@ impl RawNode {
     /// The membership used for quorum decisions. Normally the membership itself; the planted
     /// bug `JointSingleQuorum` drops C_old from joint decisions.
     fn quorum_membership(&self) -> std::borrow::Cow<'_, Membership> {
-        if self.cfg.planted_bug == Some(PlantedBug::JointSingleQuorum) && self.membership.is_joint()
-        {
+        if self.cfg.planted_bug == Some(PlantedBug::JointSingleQuorum) && self.membership.is_joint() {
             let mut m = self.membership.clone();
             m.voters_outgoing.clear();
             return std::borrow::Cow::Owned(m);
@@ -1653,35 +1479,19 @@ impl RawNode {
     }
 
     fn send(&mut self, to: NodeId, body: MessageBody) {
-        self.messages.push(Message {
-            from: self.cfg.id,
-            to,
-            term: self.term,
-            body,
-        });
+        self.messages.push(Message { from: self.cfg.id, to, term: self.term, body });
     }
 
     fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.log.committed,
-        }
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
     }
 
     fn soft_state(&self) -> SoftState {
-        SoftState {
-            role: self.role,
-            leader: self.leader,
-        }
+        SoftState { role: self.role, leader: self.leader }
     }
 
     fn debug_assert_not_in_ready(&self) {
-        debug_assert!(
-            self.in_ready.is_none(),
-            "node {}: call between ready() and advance()",
-            self.cfg.id
-        );
+        debug_assert!(self.in_ready.is_none(), "node {}: call between ready() and advance()", self.cfg.id);
     }
 
     fn debug_check_invariants(&self) {
@@ -1727,11 +1537,7 @@ impl RawNode {
                 "node {}: candidate not voting for itself",
                 self.cfg.id
             ),
-            _ => assert!(
-                self.progress.is_empty(),
-                "node {}: non-leader with progress",
-                self.cfg.id
-            ),
+            _ => assert!(self.progress.is_empty(), "node {}: non-leader with progress", self.cfg.id),
         }
         assert!(
             self.membership_index <= self.log.last_index(),

@@ -227,17 +227,9 @@ pub enum InvalidMessage {
     #[error("{kind} carries term 0")]
     ZeroTerm { kind: &'static str },
     #[error("append entry {position} has index {got}, expected {expected}")]
-    NonContiguousEntries {
-        position: usize,
-        got: LogIndex,
-        expected: LogIndex,
-    },
+    NonContiguousEntries { position: usize, got: LogIndex, expected: LogIndex },
     #[error("append entry at {index} has term {entry_term} above the message term {term}")]
-    EntryTermAboveMessage {
-        index: LogIndex,
-        entry_term: Term,
-        term: Term,
-    },
+    EntryTermAboveMessage { index: LogIndex, entry_term: Term, term: Term },
     #[error("append entry terms decrease at {index}")]
     DecreasingEntryTerms { index: LogIndex },
     #[error("prev_term {prev_term} is above the term {term} of entries that follow it")]
@@ -264,57 +256,31 @@ impl Message {
             return Err(InvalidMessage::BadSender { from: self.from });
         }
         if self.term == Term::ZERO {
-            return Err(InvalidMessage::ZeroTerm {
-                kind: self.body.kind(),
-            });
+            return Err(InvalidMessage::ZeroTerm { kind: self.body.kind() });
         }
         let check_index = |what: &'static str, index: LogIndex| {
             if index.0 > LOG_INDEX_MAX {
-                Err(InvalidMessage::IndexOutOfRange {
-                    what,
-                    value: index.0,
-                })
+                Err(InvalidMessage::IndexOutOfRange { what, value: index.0 })
             } else {
                 Ok(())
             }
         };
         match &self.body {
-            MessageBody::PreVote {
-                last_index,
-                last_term,
-            }
-            | MessageBody::Vote {
-                last_index,
-                last_term,
-                ..
-            } => {
+            MessageBody::PreVote { last_index, last_term }
+            | MessageBody::Vote { last_index, last_term, .. } => {
                 check_index("last_index", *last_index)?;
                 if *last_term > self.term {
-                    return Err(InvalidMessage::IndexOutOfRange {
-                        what: "last_term",
-                        value: last_term.0,
-                    });
+                    return Err(InvalidMessage::IndexOutOfRange { what: "last_term", value: last_term.0 });
                 }
             }
-            MessageBody::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            } => {
+            MessageBody::Append { prev_index, prev_term, entries, commit } => {
                 check_index("prev_index", *prev_index)?;
                 check_index("commit", *commit)?;
                 if *prev_term > self.term {
-                    return Err(InvalidMessage::IndexOutOfRange {
-                        what: "prev_term",
-                        value: prev_term.0,
-                    });
+                    return Err(InvalidMessage::IndexOutOfRange { what: "prev_term", value: prev_term.0 });
                 }
                 if prev_index.0 + (entries.len() as u64) > LOG_INDEX_MAX {
-                    return Err(InvalidMessage::IndexOutOfRange {
-                        what: "entries end",
-                        value: prev_index.0,
-                    });
+                    return Err(InvalidMessage::IndexOutOfRange { what: "entries end", value: prev_index.0 });
                 }
                 let mut last_term = *prev_term;
                 for (position, entry) in entries.iter().enumerate() {
@@ -335,27 +301,21 @@ impl Message {
                     }
                     if entry.term < last_term {
                         return Err(if position == 0 {
-                            InvalidMessage::PrevTermAboveEntries {
-                                prev_term: *prev_term,
-                                term: entry.term,
-                            }
+                            InvalidMessage::PrevTermAboveEntries { prev_term: *prev_term, term: entry.term }
                         } else {
                             InvalidMessage::DecreasingEntryTerms { index: entry.index }
                         });
                     }
                     last_term = entry.term;
                     if let EntryPayload::Membership(m) = &entry.payload {
-                        m.validate()
-                            .map_err(|reason| InvalidMessage::BadMembershipEntry {
-                                index: entry.index,
-                                reason,
-                            })?;
+                        m.validate().map_err(|reason| InvalidMessage::BadMembershipEntry {
+                            index: entry.index,
+                            reason,
+                        })?;
                     }
                 }
             }
-            MessageBody::AppendResponse {
-                index, hint_index, ..
-            } => {
+            MessageBody::AppendResponse { index, hint_index, .. } => {
                 check_index("index", *index)?;
                 check_index("hint_index", *hint_index)?;
             }
@@ -368,9 +328,7 @@ impl Message {
                     });
                 }
                 if snapshot.meta.index == LogIndex::ZERO {
-                    return Err(InvalidMessage::BadSnapshot {
-                        reason: "snapshot at index 0".into(),
-                    });
+                    return Err(InvalidMessage::BadSnapshot { reason: "snapshot at index 0".into() });
                 }
                 snapshot
                     .meta

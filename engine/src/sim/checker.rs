@@ -75,17 +75,14 @@ impl GroupChecker {
         }
     }
 
-    pub fn on_commit(
-        &mut self,
-        node: NodeId,
-        index: LogIndex,
-        term: Term,
-    ) -> Result<(), Violation> {
+    pub fn on_commit(&mut self, node: NodeId, index: LogIndex, term: Term) -> Result<(), Violation> {
         if let Some(&seen) = self.committed.get(&index) {
             if seen != term {
                 return Err(Violation {
                     invariant: "state-machine safety",
-                    detail: format!("{node} committed index {index} with term {term}, earlier committed with term {seen}"),
+                    detail: format!(
+                        "{node} committed index {index} with term {term}, earlier committed with term {seen}"
+                    ),
                 });
             }
         } else {

@@ -23,9 +23,8 @@ use world::World;
 /// A panic inside the core (a failed assertion) is caught and reported as a violation of that
 /// seed, so a run over many seeds names the seed to replay.
 pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        World::new(seed, opts.clone()).run(seed)
-    }));
+    let run =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| World::new(seed, opts.clone()).run(seed)));
     run.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<String>()
@@ -36,10 +35,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
             seed,
             stats: Stats::default(),
             sim_time_us: 0,
-            violation: Some(Violation {
-                invariant: "assertion",
-                detail: message,
-            }),
+            violation: Some(Violation { invariant: "assertion", detail: message }),
             trace: Vec::new(),
         }
     })

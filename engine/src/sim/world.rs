@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use super::checker::{GroupChecker, Violation};
 use crate::raft::{
-    ConfChange, ConfChangeKind, Config, Entry, EntryPayload, HardState, InitialState, LogIndex,
-    Membership, Message, NodeId, PlantedBug, RawNode, ReadMode, Role, Snapshot, Term,
+    ConfChange, ConfChangeKind, Config, Entry, EntryPayload, HardState, InitialState, LogIndex, Membership,
+    Message, NodeId, PlantedBug, RawNode, ReadMode, Role, Snapshot, Term,
 };
 use crate::rng::Rng;
 
@@ -44,13 +44,7 @@ pub struct SimOptions {
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions {
-            nodes: 3,
-            groups: 1,
-            steps: 20_000,
-            planted_bug: None,
-            keep_trace: false,
-        }
+        SimOptions { nodes: 3, groups: 1, steps: 20_000, planted_bug: None, keep_trace: false }
     }
 }
 
@@ -103,12 +97,8 @@ struct Durable {
 
 impl Durable {
     fn term_at(&self, index: LogIndex) -> Option<Term> {
-        let (offset, offset_term) = self
-            .snapshot
-            .as_ref()
-            .map_or((LogIndex::ZERO, Term::ZERO), |s| {
-                (s.meta.index, s.meta.term)
-            });
+        let (offset, offset_term) =
+            self.snapshot.as_ref().map_or((LogIndex::ZERO, Term::ZERO), |s| (s.meta.index, s.meta.term));
         if index == offset {
             return Some(offset_term);
         }
@@ -120,11 +110,7 @@ impl Durable {
     }
 
     fn holds(&self, index: LogIndex, term: Term) -> bool {
-        self.term_at(index) == Some(term)
-            || self
-                .snapshot
-                .as_ref()
-                .is_some_and(|s| s.meta.index >= index)
+        self.term_at(index) == Some(term) || self.snapshot.as_ref().is_some_and(|s| s.meta.index >= index)
     }
 }
 
@@ -167,20 +153,15 @@ impl StateMachine {
     }
 
     fn decode(data: &[u8]) -> Option<StateMachine> {
-        let word = |at: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
-        };
+        let word =
+            |at: usize| -> Option<u64> { Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?)) };
         let (applied, hash, count) = (word(0)?, word(8)?, word(16)?);
         let mut registers = BTreeMap::new();
         for k in 0..usize::try_from(count).ok()? {
             let at = 24 + 9 * k;
             registers.insert(*data.get(at)?, word(at + 1)?);
         }
-        Some(StateMachine {
-            applied: LogIndex(applied),
-            hash,
-            registers,
-        })
+        Some(StateMachine { applied: LogIndex(applied), hash, registers })
     }
 }
 
@@ -205,14 +186,14 @@ fn mix(mut z: u64) -> u64 {
 fn payload_hash(payload: &EntryPayload) -> u64 {
     match payload {
         EntryPayload::Empty => 0x0E,
-        EntryPayload::Normal(data) => data.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-        }),
+        EntryPayload::Normal(data) => data
+            .iter()
+            .fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)),
         EntryPayload::Membership(m) => {
             let sets = [&m.voters, &m.voters_outgoing, &m.learners, &m.learners_next];
-            sets.iter().enumerate().fold(0x3C, |h, (k, set)| {
-                set.iter().fold(mix(h ^ k as u64), |h, id| mix(h ^ id.0))
-            })
+            sets.iter()
+                .enumerate()
+                .fold(0x3C, |h, (k, set)| set.iter().fold(mix(h ^ k as u64), |h, id| mix(h ^ id.0)))
         }
     }
 }
@@ -400,9 +381,8 @@ impl World {
             let deadline = self.now_us + LIVENESS_BOUND_US;
             while self.violation.is_none() && !self.all_groups_live() {
                 if self.now_us > deadline || !self.step_once() {
-                    let stuck: Vec<usize> = (0..self.checkers.len())
-                        .filter(|&g| !self.group_live(g))
-                        .collect();
+                    let stuck: Vec<usize> =
+                        (0..self.checkers.len()).filter(|&g| !self.group_live(g)).collect();
                     for &g in &stuck {
                         for k in 0..self.nodes.len() {
                             let line = match self.nodes[k].live.get(g) {
@@ -430,11 +410,7 @@ impl World {
                 }
             }
         }
-        self.stats.elections = self
-            .checkers
-            .iter()
-            .map(|c| c.leaders_elected() as u64)
-            .sum();
+        self.stats.elections = self.checkers.iter().map(|c| c.leaders_elected() as u64).sum();
         self.stats.commits = self.checkers.iter().map(|c| c.commit_max.0).sum();
         SeedReport {
             seed,
@@ -451,16 +427,14 @@ impl World {
 
     fn schedule(&mut self, delay_us: u64, kind: EventKind) {
         self.seq += 1;
-        self.queue
-            .push(Reverse((self.now_us + delay_us, self.seq, kind)));
+        self.queue.push(Reverse((self.now_us + delay_us, self.seq, kind)));
     }
 
     fn note(&mut self, line: String) {
         if self.trace.len() == TRACE_LINES {
             self.trace.pop_front();
         }
-        self.trace
-            .push_back(format!("{:>9.3} ms  {line}", self.now_us as f64 / 1000.0));
+        self.trace.push_back(format!("{:>9.3} ms  {line}", self.now_us as f64 / 1000.0));
     }
 
     fn fail(&mut self, v: Violation) {
@@ -522,9 +496,7 @@ impl World {
     /// (Re)starts a node from its durable state.
     fn start_node(&mut self, k: usize) {
         let id = self.nodes[k].id;
-        let skew = self
-            .rng
-            .range_inclusive(1000 - SKEW_PERMILLE, 1000 + SKEW_PERMILLE);
+        let skew = self.rng.range_inclusive(1000 - SKEW_PERMILLE, 1000 + SKEW_PERMILLE);
         let mut live = Vec::new();
         for g in 0..self.checkers.len() {
             let d = &self.nodes[k].durable[g];
@@ -565,13 +537,7 @@ impl World {
         node.tick_interval_us = TICK_US * skew / 1000;
         let (incarnation, interval) = (node.incarnation, node.tick_interval_us);
         let first = self.rng.range_inclusive(1, interval);
-        self.schedule(
-            first,
-            EventKind::Tick {
-                node: k,
-                incarnation,
-            },
-        );
+        self.schedule(first, EventKind::Tick { node: k, incarnation });
         if self.now_us > 0 {
             self.note(format!("{id} restarted (tick {} us)", interval));
         }
@@ -596,13 +562,7 @@ impl World {
             self.drive(k, g);
         }
         let interval = self.nodes[k].tick_interval_us;
-        self.schedule(
-            interval,
-            EventKind::Tick {
-                node: k,
-                incarnation,
-            },
-        );
+        self.schedule(interval, EventKind::Tick { node: k, incarnation });
     }
 
     fn on_deliver(&mut self, g: usize, key: MessageKey) {
@@ -617,10 +577,7 @@ impl World {
         let from = m.from;
         if let Err(e) = self.nodes[k].live[g].raft.step(m) {
             let detail = format!("{} rejected {kind} from {from}: {e}", self.nodes[k].id);
-            self.fail(Violation {
-                invariant: "message validity",
-                detail,
-            });
+            self.fail(Violation { invariant: "message validity", detail });
             return;
         }
         self.drive(k, g);
@@ -651,12 +608,8 @@ impl World {
             }
             let mut appended = Vec::with_capacity(rd.entries.len());
             if let Some(first) = rd.entries.first() {
-                let offset = durable
-                    .snapshot
-                    .as_ref()
-                    .map_or(LogIndex::ZERO, |s| s.meta.index);
-                let keep = usize::try_from(first.index.0.saturating_sub(offset.0 + 1))
-                    .unwrap_or(usize::MAX);
+                let offset = durable.snapshot.as_ref().map_or(LogIndex::ZERO, |s| s.meta.index);
+                let keep = usize::try_from(first.index.0.saturating_sub(offset.0 + 1)).unwrap_or(usize::MAX);
                 durable.entries.truncate(keep);
                 for e in &rd.entries {
                     let prev_term = durable.term_at(e.index.prev()).unwrap_or(Term::ZERO);
@@ -665,9 +618,7 @@ impl World {
                 }
             }
             for (index, term, prev_term, payload) in appended {
-                if let Err(v) =
-                    self.checkers[g].on_durable_entry(id, index, term, prev_term, payload)
-                {
+                if let Err(v) = self.checkers[g].on_durable_entry(id, index, term, prev_term, payload) {
                     self.fail(v);
                 }
             }
@@ -684,14 +635,8 @@ impl World {
                 match StateMachine::decode(&snapshot.data) {
                     Some(sm) => live.sm = sm,
                     None => {
-                        let detail = format!(
-                            "{id} got an undecodable snapshot at {}",
-                            snapshot.meta.index
-                        );
-                        self.fail(Violation {
-                            invariant: "snapshot",
-                            detail,
-                        });
+                        let detail = format!("{id} got an undecodable snapshot at {}", snapshot.meta.index);
+                        self.fail(Violation { invariant: "snapshot", detail });
                         return;
                     }
                 }
@@ -706,8 +651,7 @@ impl World {
                 let live = &mut self.nodes[k].live[g];
                 live.sm.apply(e);
                 let hash = live.sm.hash;
-                if let Err(v) =
-                    self.checkers[g].on_apply(id, e.index, e.term, payload_hash(&e.payload), hash)
+                if let Err(v) = self.checkers[g].on_apply(id, e.index, e.term, payload_hash(&e.payload), hash)
                 {
                     self.fail(v);
                 }
@@ -728,10 +672,7 @@ impl World {
                             "{id} g{g} confirmed read {} at index {} but index {} was committed before the read began",
                             rs.ctx, rs.index, read.c0
                         );
-                        self.fail(Violation {
-                            invariant: "linearizable read",
-                            detail,
-                        });
+                        self.fail(Violation { invariant: "linearizable read", detail });
                         return;
                     }
                     read.index = Some(rs.index);
@@ -777,24 +718,16 @@ impl World {
                 // Durable commit: a quorum of the leader's membership must hold the entry on disk.
                 let nodes = &self.nodes;
                 let holds = |n: NodeId| {
-                    nodes
-                        .get((n.0 - 1) as usize)
-                        .is_some_and(|node| node.durable[g].holds(index, term))
+                    nodes.get((n.0 - 1) as usize).is_some_and(|node| node.durable[g].holds(index, term))
                 };
                 if !membership.has_quorum(holds) {
-                    let holders: Vec<NodeId> = membership
-                        .members()
-                        .into_iter()
-                        .filter(|&n| holds(n))
-                        .collect();
+                    let holders: Vec<NodeId> =
+                        membership.members().into_iter().filter(|&n| holds(n)).collect();
                     let detail = format!(
                         "leader {id} g{g} committed {index}@{term} but only {holders:?} hold it durably (membership {:?} / {:?})",
                         membership.voters, membership.voters_outgoing
                     );
-                    self.fail(Violation {
-                        invariant: "durable commit",
-                        detail,
-                    });
+                    self.fail(Violation { invariant: "durable commit", detail });
                 }
             }
         }
@@ -812,10 +745,7 @@ impl World {
                 break;
             }
         }
-        self.note(format!(
-            "{id} g{g} became leader in {term} (last {})",
-            raft.last_index()
-        ));
+        self.note(format!("{id} g{g} became leader in {term} (last {})", raft.last_index()));
         if let Err(v) = self.checkers[g].on_leader(term, id) {
             self.fail(v);
             return;
@@ -824,10 +754,7 @@ impl World {
             let detail = format!(
                 "{id} g{g} leads term {term} without committed entry {index}@{committed_term} (holds {has:?})"
             );
-            self.fail(Violation {
-                invariant: "leader completeness",
-                detail,
-            });
+            self.fail(Violation { invariant: "leader completeness", detail });
         }
     }
 
@@ -865,46 +792,30 @@ impl World {
     fn send(&mut self, g: usize, m: Message) {
         self.stats.messages += 1;
         let to = m.to;
-        if to.0 == 0 || to.0 as usize > self.nodes.len() || self.net.blocked.contains(&(m.from, to))
-        {
+        if to.0 == 0 || to.0 as usize > self.nodes.len() || self.net.blocked.contains(&(m.from, to)) {
             return;
         }
         if self.rng.chance(self.net.drop_per_million) {
             return;
         }
-        let copies = if self.rng.chance(self.net.duplicate_per_million) {
-            2
-        } else {
-            1
-        };
+        let copies = if self.rng.chance(self.net.duplicate_per_million) { 2 } else { 1 };
         for _ in 0..copies {
-            let delay = self
-                .rng
-                .range_inclusive(self.net.delay_min_us, self.net.delay_max_us);
+            let delay = self.rng.range_inclusive(self.net.delay_min_us, self.net.delay_max_us);
             let key = self.next_message;
             self.next_message += 1;
             self.messages.insert(key, m.clone());
-            self.schedule(
-                delay,
-                EventKind::Deliver {
-                    group: g,
-                    message: MessageKey(key),
-                },
-            );
+            self.schedule(delay, EventKind::Deliver { group: g, message: MessageKey(key) });
         }
     }
 
     // ------------------------------------------------------------ clients
 
     fn up_nodes(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&k| self.nodes[k].up)
-            .collect()
+        (0..self.nodes.len()).filter(|&k| self.nodes[k].up).collect()
     }
 
     fn leader_of(&self, g: usize) -> Option<usize> {
-        (0..self.nodes.len())
-            .find(|&k| self.nodes[k].up && self.nodes[k].live[g].raft.role() == Role::Leader)
+        (0..self.nodes.len()).find(|&k| self.nodes[k].up && self.nodes[k].live[g].raft.role() == Role::Leader)
     }
 
     fn on_client(&mut self) {
@@ -923,9 +834,8 @@ impl World {
                 let term = raft.term();
                 // After the heal, remember one proposal per group to prove progress; replace it
                 // if its index was committed with another leader's entry.
-                let superseded = self.liveness_probe[g].is_some_and(|(i, t)| {
-                    self.checkers[g].committed_term(i).is_some_and(|c| c != t)
-                });
+                let superseded = self.liveness_probe[g]
+                    .is_some_and(|(i, t)| self.checkers[g].committed_term(i).is_some_and(|c| c != t));
                 if self.healed && (self.liveness_probe[g].is_none() || superseded) {
                     self.liveness_probe[g] = Some((index, term));
                 }
@@ -934,25 +844,14 @@ impl World {
         } else {
             let up = self.up_nodes();
             let Some(&k) = self.rng.pick(&up) else { return };
-            let mode = if self.rng.chance(500_000) {
-                ReadMode::Lease
-            } else {
-                ReadMode::ReadIndex
-            };
+            let mode = if self.rng.chance(500_000) { ReadMode::Lease } else { ReadMode::ReadIndex };
             let ctx = self.next_ctx;
             self.next_ctx += 1;
             let c0 = self.checkers[g].commit_max;
             let issued_us = self.now_us;
             let live = &mut self.nodes[k].live[g];
             if live.raft.read_index(ctx, mode).is_ok() {
-                live.reads.insert(
-                    ctx,
-                    PendingRead {
-                        c0,
-                        issued_us,
-                        index: None,
-                    },
-                );
+                live.reads.insert(ctx, PendingRead { c0, issued_us, index: None });
             }
             self.drive(k, g);
         }
@@ -1042,13 +941,9 @@ impl World {
                 }
             }
         }
-        let left: Vec<NodeId> = ids
-            .iter()
-            .zip(&side)
-            .filter(|(_, &s)| s)
-            .map(|(&id, _)| id)
-            .collect();
-        self.block_links(links, format!("partition: {left:?} split from the rest"));
+        let left: Vec<String> =
+            ids.iter().zip(&side).filter(|(_, &s)| s).map(|(id, _)| id.to_string()).collect();
+        self.block_links(links, format!("partition: [{}] split from the rest", left.join(" ")));
     }
 
     fn fault_partition_one_way(&mut self) {
@@ -1062,10 +957,8 @@ impl World {
             }
         }
         if !links.is_empty() {
-            self.block_links(
-                links.clone(),
-                format!("one-way partition: {links:?} dropped"),
-            );
+            let text: Vec<String> = links.iter().map(|(a, b)| format!("{a}→{b}")).collect();
+            self.block_links(links, format!("one-way partition: {} dropped", text.join(" ")));
         }
     }
 
@@ -1087,26 +980,16 @@ impl World {
 
     fn fault_clock_skew(&mut self) {
         let k = self.rng.below(self.nodes.len() as u64) as usize;
-        let skew = self
-            .rng
-            .range_inclusive(1000 - SKEW_PERMILLE, 1000 + SKEW_PERMILLE);
+        let skew = self.rng.range_inclusive(1000 - SKEW_PERMILLE, 1000 + SKEW_PERMILLE);
         self.nodes[k].tick_interval_us = TICK_US * skew / 1000;
         let id = self.nodes[k].id;
-        self.note(format!(
-            "{id} clock now ticks every {} us",
-            self.nodes[k].tick_interval_us
-        ));
+        self.note(format!("{id} clock now ticks every {} us", self.nodes[k].tick_interval_us));
     }
 
     fn fault_leader_transfer(&mut self) {
         let g = self.rng.below(self.checkers.len() as u64) as usize;
         let Some(k) = self.leader_of(g) else { return };
-        let voters: Vec<NodeId> = self.nodes[k].live[g]
-            .raft
-            .membership()
-            .all_voters()
-            .into_iter()
-            .collect();
+        let voters: Vec<NodeId> = self.nodes[k].live[g].raft.membership().all_voters().into_iter().collect();
         let Some(&to) = self.rng.pick(&voters) else {
             return;
         };
@@ -1154,8 +1037,7 @@ impl World {
                 // Replace one voter with an outsider or learner: a joint change.
                 let mut fresh = outsiders.clone();
                 fresh.extend(learners.iter().copied());
-                if let (Some(&add), Some(&remove)) = (self.rng.pick(&fresh), self.rng.pick(&voters))
-                {
+                if let (Some(&add), Some(&remove)) = (self.rng.pick(&fresh), self.rng.pick(&voters)) {
                     changes.push((add, ConfChangeKind::AddVoter));
                     changes.push((remove, ConfChangeKind::Remove));
                 }
@@ -1168,8 +1050,7 @@ impl World {
                     let a = self.rng.below(fresh.len() as u64) as usize;
                     let b = (a + 1 + self.rng.below(fresh.len() as u64 - 1) as usize) % fresh.len();
                     let x = self.rng.below(voters.len() as u64) as usize;
-                    let y =
-                        (x + 1 + self.rng.below(voters.len() as u64 - 1) as usize) % voters.len();
+                    let y = (x + 1 + self.rng.below(voters.len() as u64 - 1) as usize) % voters.len();
                     changes.push((fresh[a], ConfChangeKind::AddVoter));
                     changes.push((fresh[b], ConfChangeKind::AddVoter));
                     changes.push((voters[x], ConfChangeKind::Remove));
@@ -1189,16 +1070,18 @@ impl World {
             return;
         }
         let id = self.nodes[k].id;
-        let text = format!("{changes:?}");
-        if self.nodes[k].live[g]
-            .raft
-            .propose_conf_change(ConfChange::Change(changes))
-            .is_ok()
-        {
+        let text = changes
+            .iter()
+            .map(|(id, kind)| match kind {
+                ConfChangeKind::AddVoter => format!("+voter {id}"),
+                ConfChangeKind::AddLearner => format!("+learner {id}"),
+                ConfChangeKind::Remove => format!("-{id}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        if self.nodes[k].live[g].raft.propose_conf_change(ConfChange::Change(changes)).is_ok() {
             self.stats.membership_changes += 1;
-            self.note(format!(
-                "g{g} leader {id} proposes membership change {text}"
-            ));
+            self.note(format!("g{g} leader {id} proposes membership change [{text}]"));
             self.drive(k, g);
         }
     }

@@ -8,6 +8,8 @@
 //! Storage (redb), the QUIC transport, the multi-Raft host and the range state machine arrive
 //! with the node work, behind traits the simulator can replace.
 
+pub mod ids;
 pub mod raft;
 pub mod rng;
+pub mod transport;
 pub mod sim;

@@ -17,10 +17,12 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
+
 use super::types::{LogIndex, NodeId};
 
 /// The configuration of a Raft group.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     pub voters: BTreeSet<NodeId>,
     pub voters_outgoing: BTreeSet<NodeId>,
@@ -29,7 +31,7 @@ pub struct Membership {
 }
 
 /// One change to a membership.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfChangeKind {
     AddVoter,
     AddLearner,
@@ -37,7 +39,7 @@ pub enum ConfChangeKind {
 }
 
 /// A membership change request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfChange {
     /// Changes applied together. If they alter the voters the group enters a joint membership
     /// and the leader leaves it automatically once the joint entry commits; if they only touch

@@ -6,12 +6,14 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use super::membership::Membership;
 
 macro_rules! newtype_u64 {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub struct $name(pub u64);
 
         impl fmt::Display for $name {
@@ -64,7 +66,7 @@ impl Term {
 }
 
 /// What a log entry carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryPayload {
     /// Appended by every new leader so that it can commit entries of earlier terms (§5.4.2).
     Empty,
@@ -77,7 +79,7 @@ pub enum EntryPayload {
 }
 
 /// One entry of the replicated log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub term: Term,
     pub index: LogIndex,
@@ -98,7 +100,7 @@ impl Entry {
 /// The state that must be durable before any message that depends on it leaves the node
 /// (Figure 2, "persistent state on all servers"). The commit index is persisted too, as a hint
 /// that lets a restarted node apply sooner; it is never trusted beyond the durable log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
     pub term: Term,
     pub vote: Option<NodeId>,
@@ -106,7 +108,7 @@ pub struct HardState {
 }
 
 /// What a snapshot covers: every entry up to and including `index`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     pub index: LogIndex,
     pub term: Term,
@@ -115,7 +117,7 @@ pub struct SnapshotMeta {
 }
 
 /// A snapshot of the application state machine. `data` is opaque to Raft.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
     pub data: Vec<u8>,
@@ -123,7 +125,7 @@ pub struct Snapshot {
 
 /// A message between two replicas of one group. The host adds the group id when it batches
 /// messages per peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub from: NodeId,
     pub to: NodeId,
@@ -133,7 +135,7 @@ pub struct Message {
 }
 
 /// The message kinds. Responses name the request they answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageBody {
     /// Pre-vote (thesis §9.6): "would you vote for me in `term`?" Changes no state at the voter.
     PreVote {
@@ -349,14 +351,14 @@ impl Message {
 
 /// A confirmed read: the read identified by `ctx` is linearizable once the state machine has
 /// applied `index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadState {
     pub ctx: u64,
     pub index: LogIndex,
 }
 
 /// How a read is confirmed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadMode {
     /// ReadIndex (thesis §6.4): one heartbeat round to a quorum proves leadership.
     ReadIndex,

@@ -1,0 +1,3 @@
+//! Transport between nodes (placeholder until the QUIC transport lands).
+
+pub mod wire;

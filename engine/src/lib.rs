@@ -13,3 +13,4 @@ pub mod raft;
 pub mod rng;
 pub mod transport;
 pub mod sim;
+pub mod storage;

@@ -1,0 +1,449 @@
+//! Durable state of one node: every group's Raft log and hard state, range descriptors, the
+//! applied index of every group, and the key-value data — all in one redb database.
+//!
+//! Why one redb database for everything (DESIGN §3 allows a separate log file): a driver round
+//! then needs exactly one write transaction and one fsync for *all* groups — new entries, hard
+//! states, the effects of newly committed entries and the applied indexes together. Applying in
+//! the same transaction as the applied index makes apply idempotent across crashes: after a
+//! restart a group re-applies exactly the entries after its durable applied index. The
+//! alternative (a checksummed append-only log file beside redb) is recorded in
+//! `docs/storage.md`, to be chosen by measurement.
+//!
+//! Disk access goes through redb's `StorageBackend` trait: a file in production, redb's
+//! `InMemoryBackend` in tests and the simulator, and `FaultyBackend` (see `faulty.rs`) to inject
+//! failed fsyncs and full disks. All three pass the same conformance tests.
+//!
+//! Invariants:
+//! - a `Round` is all-or-nothing: either every change in it is durable, or none is;
+//! - a failed commit poisons the store (`StorageError::Poisoned`): fsync failures are never
+//!   retried, because the kernel may have dropped the dirty pages (the "fsyncgate" lesson);
+//! - every log entry is stored with a CRC-32C of its encoding; a mismatch on load is
+//!   `StorageError::Corrupt`, never a silently applied entry.
+
+mod faulty;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+pub use faulty::{FaultyBackend, Faults};
+
+use crate::ids::RangeId;
+use crate::raft::{Entry, HardState, InitialState, LogIndex, NodeId, Snapshot, SnapshotMeta};
+
+/// (range, index) → checksummed entry.
+const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
+/// range → `GroupRecord`.
+const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_groups");
+/// range → `RangeDescriptor`.
+const RANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("ranges");
+/// user key → value, shared by all ranges (a split only moves a boundary).
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+/// Node-level facts: "node_id", "cluster", "format".
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// On-disk format version; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    /// A previous commit failed; the node must stop (fsync failures are never retried).
+    #[error("storage is poisoned by an earlier failed commit; restart the node")]
+    Poisoned,
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("data directory belongs to another node or format: {0}")]
+    Mismatch(String),
+}
+
+fn io<E: Into<redb::Error>>(e: E) -> StorageError {
+    let e: redb::Error = e.into();
+    let text = e.to_string();
+    match e {
+        redb::Error::Corrupted(_) => StorageError::Corrupt(text),
+        redb::Error::Io(io) if io.raw_os_error() == Some(28) => StorageError::DiskFull(text),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StorageError::DiskFull(text),
+        _ => StorageError::Io(text),
+    }
+}
+
+/// A range: a contiguous span of keys `[start, end)` (`end` empty = to the end of the keyspace)
+/// and the nodes that hold its replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDescriptor {
+    pub id: RangeId,
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    pub replicas: Vec<NodeId>,
+}
+
+impl RangeDescriptor {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+/// What a group needs besides its log to restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub hard_state: HardState,
+    /// The last snapshot (installed or taken); entries up to its index are gone from the log.
+    pub snapshot: Option<SnapshotMeta>,
+    pub applied: LogIndex,
+}
+
+/// CRC-32C (Castagnoli), bitwise; entries are small, and this keeps dependencies at zero.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0x82F6_3B78 & mask);
+        }
+    }
+    !crc
+}
+
+fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
+    let body = postcard::to_stdvec(entry).map_err(|e| StorageError::Io(format!("encode entry: {e}")))?;
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn decode_entry(range: RangeId, index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
+    let corrupt = |what: &str| StorageError::Corrupt(format!("log entry {range} i{index}: {what}"));
+    let (sum, body) = bytes.split_at_checked(4).ok_or_else(|| corrupt("shorter than its checksum"))?;
+    let sum = u32::from_le_bytes(sum.try_into().map_err(|_| corrupt("bad checksum field"))?);
+    if crc32c(body) != sum {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let entry: Entry = postcard::from_bytes(body).map_err(|e| corrupt(&format!("undecodable: {e}")))?;
+    if entry.index.0 != index {
+        return Err(corrupt(&format!("stored under index {index} but says {}", entry.index)));
+    }
+    Ok(entry)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StorageError> {
+    postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_stdvec(value).map_err(|e| StorageError::Io(format!("encode: {e}")))
+}
+
+/// The node's database. Cheap to share: reads run concurrently with the driver's writes.
+#[derive(Clone)]
+pub struct NodeStorage {
+    db: Arc<Database>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for NodeStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeStorage").field("poisoned", &self.poisoned.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl NodeStorage {
+    /// Opens (or creates) the database file at `path`.
+    pub fn open(path: &Path) -> Result<NodeStorage, StorageError> {
+        let db = Database::create(path).map_err(|e| StorageError::Io(format!("{}: {e}", path.display())))?;
+        NodeStorage::init(db)
+    }
+
+    /// A database in memory (tests, simulator).
+    pub fn in_memory() -> Result<NodeStorage, StorageError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StorageError::Io(e.to_string()))?;
+        NodeStorage::init(db)
+    }
+
+    /// A database on any redb backend (fault injection).
+    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<NodeStorage, StorageError> {
+        let db = Database::builder().create_with_backend(backend).map_err(|e| StorageError::Io(e.to_string()))?;
+        NodeStorage::init(db)
+    }
+
+    fn init(db: Database) -> Result<NodeStorage, StorageError> {
+        let storage = NodeStorage { db: Arc::new(db), poisoned: Arc::new(AtomicBool::new(false)) };
+        // Create every table so that read transactions never meet a missing one.
+        let txn = storage.db.begin_write().map_err(io)?;
+        {
+            txn.open_table(LOG).map_err(io)?;
+            txn.open_table(GROUPS).map_err(io)?;
+            txn.open_table(RANGES).map_err(io)?;
+            txn.open_table(DATA).map_err(io)?;
+            let mut meta = txn.open_table(META).map_err(io)?;
+            let format = meta.get("format").map_err(io)?.map(|v| v.value().to_vec());
+            match format {
+                None => {
+                    meta.insert("format", FORMAT_VERSION.to_le_bytes().as_slice()).map_err(io)?;
+                }
+                Some(v) if v == FORMAT_VERSION.to_le_bytes() => {}
+                Some(v) => return Err(StorageError::Mismatch(format!("format {v:?}, this build reads {FORMAT_VERSION}"))),
+            }
+        }
+        txn.commit().map_err(io)?;
+        Ok(storage)
+    }
+
+    fn check_poison(&self) -> Result<(), StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            Err(StorageError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records which node and cluster this data directory belongs to, or checks it matches.
+    pub fn claim(&self, node: NodeId, cluster: &str) -> Result<(), StorageError> {
+        let round = self.begin_round()?;
+        {
+            let mut meta = round.txn.open_table(META).map_err(io)?;
+            let existing = meta.get("node_id").map_err(io)?.map(|v| v.value().to_vec());
+            match existing {
+                None => {
+                    meta.insert("node_id", node.0.to_le_bytes().as_slice()).map_err(io)?;
+                    meta.insert("cluster", cluster.as_bytes()).map_err(io)?;
+                }
+                Some(id) if id == node.0.to_le_bytes() => {
+                    let stored = meta.get("cluster").map_err(io)?.map(|v| v.value().to_vec()).unwrap_or_default();
+                    if stored != cluster.as_bytes() {
+                        return Err(StorageError::Mismatch(format!(
+                            "data directory belongs to cluster {:?}, not {cluster:?}",
+                            String::from_utf8_lossy(&stored)
+                        )));
+                    }
+                }
+                Some(id) => {
+                    let id = id.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+                    return Err(StorageError::Mismatch(format!("data directory belongs to node {id}, not {node}")));
+                }
+            }
+        }
+        round.commit()
+    }
+
+    /// Starts the one write transaction of a driver round.
+    pub fn begin_round(&self) -> Result<Round<'_>, StorageError> {
+        self.check_poison()?;
+        let txn = self.db.begin_write().map_err(io)?;
+        Ok(Round { txn, storage: self })
+    }
+
+    /// Every range this node holds a replica of.
+    pub fn ranges(&self) -> Result<Vec<RangeDescriptor>, StorageError> {
+        self.check_poison()?;
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(RANGES).map_err(io)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(io)? {
+            let (_, v) = row.map_err(io)?;
+            out.push(decode::<RangeDescriptor>("range descriptor", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The durable state a group restarts from. Entries are checked against their checksums and
+    /// for contiguity.
+    pub fn load_group(&self, range: RangeId) -> Result<Option<(InitialState, GroupRecord)>, StorageError> {
+        self.check_poison()?;
+        let txn = self.db.begin_read().map_err(io)?;
+        let groups = txn.open_table(GROUPS).map_err(io)?;
+        let Some(record) = groups.get(range.0).map_err(io)? else { return Ok(None) };
+        let record: GroupRecord = decode("group record", record.value())?;
+        let log = txn.open_table(LOG).map_err(io)?;
+        let first = record.snapshot.as_ref().map_or(0, |s| s.index.0) + 1;
+        let mut entries = Vec::new();
+        for row in log.range((range.0, first)..=(range.0, u64::MAX)).map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            let (_, index) = k.value();
+            let expected = first + entries.len() as u64;
+            if index != expected {
+                return Err(StorageError::Corrupt(format!("log of {range} has a gap: i{index} after i{}", expected - 1)));
+            }
+            entries.push(decode_entry(range, index, v.value())?);
+        }
+        let snapshot = record.snapshot.clone().map(|meta| Snapshot { meta, data: Vec::new() });
+        let initial = InitialState { hard_state: record.hard_state, snapshot, entries, applied: record.applied };
+        Ok(Some((initial, record)))
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.check_poison()?;
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(DATA).map_err(io)?;
+        Ok(table.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Up to `limit` pairs with keys in `[start, end)` (`end` empty = unbounded), in key order.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.check_poison()?;
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(DATA).map_err(io)?;
+        let rows = if end.is_empty() { table.range(start..).map_err(io)? } else { table.range(start..end).map_err(io)? };
+        let mut out = Vec::new();
+        for row in rows.take(limit) {
+            let (k, v) = row.map_err(io)?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A consistent copy of a range's data and its applied index (one read transaction), encoded
+    /// for `Round::install_snapshot`.
+    pub fn snapshot_range(&self, desc: &RangeDescriptor) -> Result<(LogIndex, Vec<u8>), StorageError> {
+        self.check_poison()?;
+        let txn = self.db.begin_read().map_err(io)?;
+        let groups = txn.open_table(GROUPS).map_err(io)?;
+        let applied = match groups.get(desc.id.0).map_err(io)? {
+            Some(v) => decode::<GroupRecord>("group record", v.value())?.applied,
+            None => LogIndex::ZERO,
+        };
+        let table = txn.open_table(DATA).map_err(io)?;
+        let rows = if desc.end.is_empty() {
+            table.range(desc.start.as_slice()..).map_err(io)?
+        } else {
+            table.range(desc.start.as_slice()..desc.end.as_slice()).map_err(io)?
+        };
+        let mut pairs = Vec::new();
+        for row in rows {
+            let (k, v) = row.map_err(io)?;
+            pairs.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok((applied, encode(&SnapshotData { descriptor: desc.clone(), pairs })?))
+    }
+}
+
+/// A range's data as shipped in a snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotData {
+    descriptor: RangeDescriptor,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The single write transaction of one driver round. Dropping it without `commit` discards it.
+pub struct Round<'s> {
+    txn: redb::WriteTransaction,
+    storage: &'s NodeStorage,
+}
+
+impl std::fmt::Debug for Round<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Round")
+    }
+}
+
+impl Round<'_> {
+    pub fn put_range(&mut self, desc: &RangeDescriptor) -> Result<(), StorageError> {
+        let mut t = self.txn.open_table(RANGES).map_err(io)?;
+        t.insert(desc.id.0, encode(desc)?.as_slice()).map_err(io)?;
+        Ok(())
+    }
+
+    pub fn put_group(&mut self, range: RangeId, record: &GroupRecord) -> Result<(), StorageError> {
+        let mut t = self.txn.open_table(GROUPS).map_err(io)?;
+        t.insert(range.0, encode(record)?.as_slice()).map_err(io)?;
+        Ok(())
+    }
+
+    pub fn group(&self, range: RangeId) -> Result<GroupRecord, StorageError> {
+        let t = self.txn.open_table(GROUPS).map_err(io)?;
+        let bytes = t.get(range.0).map_err(io)?.map(|v| v.value().to_vec());
+        match bytes {
+            Some(v) => decode("group record", &v),
+            None => Ok(GroupRecord::default()),
+        }
+    }
+
+    /// Writes entries, first removing everything from `entries[0].index` on (a leader's
+    /// entries replace a conflicting suffix).
+    pub fn append(&mut self, range: RangeId, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        let mut t = self.txn.open_table(LOG).map_err(io)?;
+        t.retain_in((range.0, first.index.0)..=(range.0, u64::MAX), |_, _| false).map_err(io)?;
+        for e in entries {
+            t.insert((range.0, e.index.0), encode_entry(e)?.as_slice()).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Drops log entries up to and including `upto`.
+    pub fn truncate_prefix(&mut self, range: RangeId, upto: LogIndex) -> Result<(), StorageError> {
+        let mut t = self.txn.open_table(LOG).map_err(io)?;
+        t.retain_in((range.0, 0)..=(range.0, upto.0), |_, _| false).map_err(io)?;
+        Ok(())
+    }
+
+    /// Replaces a range's log and data with a snapshot received from its leader.
+    pub fn install_snapshot(&mut self, range: RangeId, snapshot: &Snapshot) -> Result<RangeDescriptor, StorageError> {
+        let data: SnapshotData = decode("snapshot data", &snapshot.data)?;
+        {
+            let mut log = self.txn.open_table(LOG).map_err(io)?;
+            log.retain_in((range.0, 0)..=(range.0, u64::MAX), |_, _| false).map_err(io)?;
+        }
+        let desc = data.descriptor;
+        {
+            let mut t = self.txn.open_table(DATA).map_err(io)?;
+            if desc.end.is_empty() {
+                t.retain_in(desc.start.as_slice().., |_, _| false).map_err(io)?;
+            } else {
+                t.retain_in(desc.start.as_slice()..desc.end.as_slice(), |_, _| false).map_err(io)?;
+            }
+            for (k, v) in &data.pairs {
+                t.insert(k.as_slice(), v.as_slice()).map_err(io)?;
+            }
+        }
+        self.put_range(&desc)?;
+        let mut record = self.group(range)?;
+        record.snapshot = Some(snapshot.meta.clone());
+        record.applied = snapshot.meta.index;
+        record.hard_state.commit = record.hard_state.commit.max(snapshot.meta.index);
+        self.put_group(range, &record)?;
+        Ok(desc)
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let t = self.txn.open_table(DATA).map_err(io)?;
+        let value = t.get(key).map_err(io)?.map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let mut t = self.txn.open_table(DATA).map_err(io)?;
+        t.insert(key, value).map_err(io)?;
+        Ok(())
+    }
+
+    /// Returns whether the key existed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, StorageError> {
+        let mut t = self.txn.open_table(DATA).map_err(io)?;
+        let existed = t.remove(key).map_err(io)?.is_some();
+        Ok(existed)
+    }
+
+    /// Makes the round durable (one fsync). On failure the store is poisoned.
+    pub fn commit(self) -> Result<(), StorageError> {
+        let poisoned = self.storage.poisoned.clone();
+        self.txn.commit().map_err(|e| {
+            poisoned.store(true, Ordering::Release);
+            io(e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

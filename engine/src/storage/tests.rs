@@ -1,0 +1,265 @@
+//! Conformance tests: every test runs against the file backend, redb's in-memory backend and
+//! the fault-injecting wrapper, which must behave identically.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::raft::{EntryPayload, Membership, Term};
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    Entry { index: LogIndex(index), term: Term(term), payload: EntryPayload::Normal(data.to_vec()) }
+}
+
+/// Runs `test` against each backend. The tempdir lives as long as the storage.
+fn each_backend(test: impl Fn(&str, NodeStorage)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    test("file", NodeStorage::open(&dir.path().join("node.redb")).expect("open file"));
+    test("memory", NodeStorage::in_memory().expect("open memory"));
+    let faults = Arc::new(Faults::default());
+    let backend = FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults);
+    test("faulty", NodeStorage::with_backend(backend).expect("open faulty"));
+}
+
+#[test]
+fn log_round_trip_with_conflicting_suffix_replaced() {
+    each_backend(|name, s| {
+        let r = RangeId(7);
+        let mut round = s.begin_round().unwrap();
+        round.put_group(r, &GroupRecord::default()).unwrap();
+        round.append(r, &[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")]).unwrap();
+        round.commit().unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(2, 2, b"x")]).unwrap();
+        round.commit().unwrap();
+        let (initial, _) = s.load_group(r).unwrap().expect("group exists");
+        let got: Vec<(u64, u64)> = initial.entries.iter().map(|e| (e.index.0, e.term.0)).collect();
+        assert_eq!(got, vec![(1, 1), (2, 2)], "{name}: suffix from index 2 must be replaced");
+    });
+}
+
+#[test]
+fn groups_are_independent() {
+    each_backend(|name, s| {
+        let mut round = s.begin_round().unwrap();
+        for g in 1..=3u64 {
+            round.put_group(RangeId(g), &GroupRecord::default()).unwrap();
+            round.append(RangeId(g), &[entry(1, g, b"v")]).unwrap();
+        }
+        round.commit().unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.append(RangeId(2), &[entry(1, 9, b"w")]).unwrap();
+        round.commit().unwrap();
+        for g in [1u64, 3] {
+            let (initial, _) = s.load_group(RangeId(g)).unwrap().unwrap();
+            assert_eq!(initial.entries[0].term, Term(g), "{name}: group {g} touched by group 2's append");
+        }
+    });
+}
+
+#[test]
+fn prefix_truncation_and_snapshot_record() {
+    each_backend(|name, s| {
+        let r = RangeId(1);
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &(1..=10).map(|i| entry(i, 1, b"e")).collect::<Vec<_>>()).unwrap();
+        let meta = SnapshotMeta { index: LogIndex(6), term: Term(1), membership: Membership::with_voters([NodeId(1)]) };
+        round
+            .put_group(r, &GroupRecord { snapshot: Some(meta.clone()), applied: LogIndex(6), ..GroupRecord::default() })
+            .unwrap();
+        round.truncate_prefix(r, LogIndex(6)).unwrap();
+        round.commit().unwrap();
+        let (initial, record) = s.load_group(r).unwrap().unwrap();
+        assert_eq!(record.snapshot, Some(meta), "{name}");
+        assert_eq!(initial.entries.first().map(|e| e.index), Some(LogIndex(7)), "{name}");
+        assert_eq!(initial.entries.len(), 4, "{name}");
+    });
+}
+
+#[test]
+fn corrupt_entry_is_detected_not_applied() {
+    each_backend(|name, s| {
+        let r = RangeId(3);
+        let mut round = s.begin_round().unwrap();
+        round.put_group(r, &GroupRecord::default()).unwrap();
+        round.append(r, &[entry(1, 1, b"good"), entry(2, 1, b"good")]).unwrap();
+        {
+            // Flip one byte of entry 2 behind the checksum's back.
+            let mut t = round.txn.open_table(LOG).unwrap();
+            let mut bytes = t.get((r.0, 2)).unwrap().unwrap().value().to_vec();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x40;
+            t.insert((r.0, 2), bytes.as_slice()).unwrap();
+        }
+        round.commit().unwrap();
+        match s.load_group(r) {
+            Err(StorageError::Corrupt(what)) => assert!(what.contains("checksum"), "{name}: {what}"),
+            other => panic!("{name}: corrupt entry not detected: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn uncommitted_round_leaves_no_trace() {
+    each_backend(|name, s| {
+        let mut round = s.begin_round().unwrap();
+        round.put(b"k", b"v").unwrap();
+        drop(round);
+        assert_eq!(s.get(b"k").unwrap(), None, "{name}");
+    });
+}
+
+#[test]
+fn snapshot_of_a_range_installs_elsewhere() {
+    each_backend(|name, s| {
+        let desc = RangeDescriptor { id: RangeId(4), start: b"b".to_vec(), end: b"d".to_vec(), replicas: vec![NodeId(1)] };
+        let mut round = s.begin_round().unwrap();
+        for k in [&b"a"[..], b"b", b"c1", b"c2", b"d"] {
+            round.put(k, k).unwrap();
+        }
+        round.put_range(&desc).unwrap();
+        round.put_group(desc.id, &GroupRecord { applied: LogIndex(9), ..GroupRecord::default() }).unwrap();
+        round.commit().unwrap();
+        let (applied, data) = s.snapshot_range(&desc).unwrap();
+        assert_eq!(applied, LogIndex(9), "{name}");
+
+        let target = NodeStorage::in_memory().unwrap();
+        let mut round = target.begin_round().unwrap();
+        round.put(b"bz", b"stale").unwrap();
+        round.put(b"z", b"outside").unwrap();
+        round.commit().unwrap();
+        let meta = SnapshotMeta { index: applied, term: Term(2), membership: Membership::with_voters([NodeId(1)]) };
+        let mut round = target.begin_round().unwrap();
+        let installed = round.install_snapshot(desc.id, &Snapshot { meta, data }).unwrap();
+        round.commit().unwrap();
+        assert_eq!(installed, desc, "{name}");
+        let keys: Vec<Vec<u8>> = target.scan(b"", b"", 100).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![b"b".to_vec(), b"c1".to_vec(), b"c2".to_vec(), b"z".to_vec()], "{name}");
+        let (_, record) = target.load_group(desc.id).unwrap().unwrap();
+        assert_eq!(record.applied, LogIndex(9), "{name}");
+    });
+}
+
+#[test]
+fn claim_refuses_another_nodes_directory() {
+    each_backend(|name, s| {
+        s.claim(NodeId(1), "c1").unwrap();
+        s.claim(NodeId(1), "c1").unwrap();
+        assert!(matches!(s.claim(NodeId(2), "c1"), Err(StorageError::Mismatch(_))), "{name}");
+        assert!(matches!(s.claim(NodeId(1), "c2"), Err(StorageError::Mismatch(_))), "{name}");
+    });
+}
+
+#[test]
+fn file_storage_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    {
+        let s = NodeStorage::open(&path).unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.put(b"durable", b"yes").unwrap();
+        round.append(RangeId(1), &[entry(1, 1, b"x")]).unwrap();
+        round.put_group(RangeId(1), &GroupRecord::default()).unwrap();
+        round.commit().unwrap();
+    }
+    let s = NodeStorage::open(&path).unwrap();
+    assert_eq!(s.get(b"durable").unwrap(), Some(b"yes".to_vec()));
+    assert_eq!(s.load_group(RangeId(1)).unwrap().unwrap().0.entries.len(), 1);
+}
+
+#[test]
+fn group_commit_is_one_fsync_per_round_whatever_the_group_count() {
+    let faults = Arc::new(Faults::default());
+    let s = NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
+        .unwrap();
+    let before = faults.syncs();
+    let mut round = s.begin_round().unwrap();
+    for g in 1..=500u64 {
+        round.put_group(RangeId(g), &GroupRecord::default()).unwrap();
+        round.append(RangeId(g), &[entry(1, 1, b"v"), entry(2, 1, b"w")]).unwrap();
+    }
+    round.commit().unwrap();
+    let many_groups = faults.syncs() - before;
+    let before = faults.syncs();
+    let mut round = s.begin_round().unwrap();
+    round.append(RangeId(1), &[entry(3, 1, b"x")]).unwrap();
+    round.commit().unwrap();
+    let one_group = faults.syncs() - before;
+    // redb's commit protocol syncs once or twice per transaction (twice when the file grows);
+    // what matters is that 500 groups cost the same as one, not 500 times as much.
+    assert!(one_group >= 1, "a durable commit must sync");
+    assert!(many_groups <= 2, "500 groups in one round took {many_groups} syncs");
+}
+
+#[test]
+fn failed_fsync_poisons_the_store() {
+    let faults = Arc::new(Faults::default());
+    let s = NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
+        .unwrap();
+    let mut round = s.begin_round().unwrap();
+    round.put(b"before", b"1").unwrap();
+    round.commit().unwrap();
+    faults.fail_sync.store(true, Ordering::SeqCst);
+    let mut round = s.begin_round().unwrap();
+    round.put(b"after", b"2").unwrap();
+    assert!(round.commit().is_err(), "a failed fsync must fail the commit");
+    faults.fail_sync.store(false, Ordering::SeqCst);
+    // Never retried: the store stays poisoned even though the disk "recovered".
+    assert!(matches!(s.begin_round(), Err(StorageError::Poisoned)));
+    assert!(matches!(s.get(b"before"), Err(StorageError::Poisoned)));
+}
+
+#[test]
+fn full_disk_is_a_clear_error_and_loses_nothing_committed() {
+    let faults = Arc::new(Faults::default());
+    let s = NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
+        .unwrap();
+    let mut round = s.begin_round().unwrap();
+    round.put(b"kept", b"yes").unwrap();
+    round.commit().unwrap();
+    // The "disk" is full just above what is used now.
+    faults.capacity_bytes.store(faults.len_bytes.load(Ordering::SeqCst) + (64 << 10), Ordering::SeqCst);
+    let mut round = s.begin_round().unwrap();
+    let big = vec![7u8; 8 << 20];
+    let outcome = round.put(b"big", &big).and_then(|()| round.commit());
+    match outcome {
+        Err(StorageError::DiskFull(what)) => assert!(!what.is_empty()),
+        other => panic!("expected DiskFull, got {other:?}"),
+    }
+    // What was committed before is intact (read through a fresh view of the same bytes is not
+    // possible after poisoning, so check before the failed commit poisons: the failed round
+    // above was rejected at write time or commit time; either way "kept" must have survived).
+    faults.capacity_bytes.store(0, Ordering::SeqCst);
+    match s.get(b"kept") {
+        Ok(v) => assert_eq!(v, Some(b"yes".to_vec())),
+        Err(StorageError::Poisoned) => {}
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Data operations against a BTreeMap model, across several rounds.
+    #[test]
+    fn data_matches_a_btreemap_model(ops in prop::collection::vec((0u8..3, 0u8..16, any::<u8>()), 1..200)) {
+        let s = NodeStorage::in_memory().unwrap();
+        let mut model = BTreeMap::new();
+        for chunk in ops.chunks(17) {
+            let mut round = s.begin_round().unwrap();
+            for &(op, k, v) in chunk {
+                let key = vec![b'k', k];
+                match op {
+                    0 | 1 => { round.put(&key, &[v]).unwrap(); model.insert(key, vec![v]); }
+                    _ => { let existed = round.delete(&key).unwrap(); prop_assert_eq!(existed, model.remove(&key).is_some()); }
+                }
+            }
+            round.commit().unwrap();
+        }
+        let got = s.scan(b"", b"", usize::MAX).unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
+        prop_assert_eq!(got, want);
+    }
+}

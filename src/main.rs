@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
+mod admin;
+mod start;
+
 use clap::{Parser, Subcommand};
 use flotilla_engine::raft::PlantedBug;
 use flotilla_engine::sim::{run_seed, SeedReport, SimOptions, Stats};
@@ -27,6 +30,35 @@ enum Command {
     Sim(SimArgs),
     /// Show Flotilla at work (for now: a simulated cluster, narrated).
     Demo,
+    /// Run one node of a cluster.
+    Start(start::StartArgs),
+    /// Make the certificates for mutual TLS between nodes.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Create the cluster CA (ca.pem, ca.key) in DIR.
+    CreateCa {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+    /// Create a node certificate (node.pem, node.key, and a copy of ca.pem) signed by the CA.
+    CreateNode {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: std::path::PathBuf,
+        /// Directory to write the node's files to (pass it to `start --certs-dir`).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The node's name (certificate common name).
+        #[arg(long)]
+        name: String,
+        /// Subject alternative names: IP addresses and DNS names, comma-separated.
+        #[arg(long, default_value = "127.0.0.1,localhost")]
+        san: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,6 +112,38 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => sim(&args),
         Command::Demo => demo(),
+        Command::Start(args) => match start::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flotilla start: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Cert(cert) => match run_cert(cert) {
+            Ok(message) => {
+                println!("{message}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flotilla cert: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run_cert(cert: CertCommand) -> Result<String, flotilla_engine::transport::TransportError> {
+    use flotilla_engine::transport::tls;
+    match cert {
+        CertCommand::CreateCa { dir } => {
+            tls::create_ca(&dir)?;
+            Ok(format!("cluster CA written to {} (keep ca.key secret)", dir.display()))
+        }
+        CertCommand::CreateNode { ca_dir, out, name, san } => {
+            let sans: Vec<String> = san.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            tls::create_node_cert(&ca_dir, &out, &name, &sans)?;
+            Ok(format!("node certificate for {name} written to {} (use --certs-dir {})", out.display(), out.display()))
+        }
     }
 }
 

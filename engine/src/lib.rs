@@ -9,8 +9,11 @@
 //! with the node work, behind traits the simulator can replace.
 
 pub mod ids;
+pub mod kv;
+pub mod node;
 pub mod raft;
 pub mod rng;
 pub mod transport;
 pub mod sim;
 pub mod storage;
+pub mod store;

@@ -480,6 +480,28 @@ impl RawNode {
             .join("; ")
     }
 
+    /// Whether a leader's group is idle and fully replicated, so the host may stop ticking it
+    /// (quiescence): everything committed and matched by every member, no transfer, no pending
+    /// reads, nothing left to send.
+    pub fn is_quiescent(&self) -> bool {
+        self.role == Role::Leader
+            && self.committed_in_term()
+            && self.log.committed == self.log.last_index()
+            && self.transfer_target.is_none()
+            && self.pending_reads.is_empty()
+            && self.reads_waiting_commit.is_empty()
+            && !self.broadcast_pending
+            && self.messages.is_empty()
+            && self.progress.values().all(|p| p.match_index == self.log.last_index())
+    }
+
+    /// Forgets the lease. The host calls this when a quiesced group resumes ticking: ticks did
+    /// not advance while it slept, so the lease's clock cannot be trusted.
+    pub fn reset_lease(&mut self) {
+        self.lease_start_tick = None;
+        self.rounds.clear();
+    }
+
     /// Whether a lease read would be served right now without a round trip.
     pub fn lease_valid(&self) -> bool {
         if self.role != Role::Leader

@@ -437,7 +437,20 @@ impl Round<'_> {
 
     /// Makes the round durable (one fsync). On failure the store is poisoned.
     pub fn commit(self) -> Result<(), StorageError> {
+        self.commit_with(true)
+    }
+
+    /// Commits the round; with `durable == false` without an fsync. Such a commit is visible
+    /// to readers at once and becomes durable with the next durable commit; a crash before that
+    /// rolls it back as a whole. The host uses it for rounds that only apply entries that are
+    /// already durable in the log. On failure the store is poisoned.
+    pub fn commit_with(mut self, durable: bool) -> Result<(), StorageError> {
         let poisoned = self.storage.poisoned.clone();
+        let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+        if let Err(e) = self.txn.set_durability(durability) {
+            poisoned.store(true, Ordering::Release);
+            return Err(StorageError::Io(e.to_string()));
+        }
         self.txn.commit().map_err(|e| {
             poisoned.store(true, Ordering::Release);
             io(e)

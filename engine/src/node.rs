@@ -1,0 +1,186 @@
+//! One Flotilla node as a process runs it: storage, QUIC transport, the multi-Raft host, the
+//! ticker, and the handler for requests forwarded by other nodes.
+//!
+//! Forwarding: any node accepts any key. A node that does not lead a key's range sends the
+//! request to the node it believes leads it (`KvRequest` over a transport request); that node
+//! executes it on its own replica only — never forwards again — and answers `NotLeader` with a
+//! hint if it no longer leads, so a request crosses at most one hop per attempt and the caller
+//! (the router) retries with the hint.
+
+#![allow(clippy::disallowed_methods)] // a node owns threads and the clock
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::ids::RangeId;
+use crate::kv::{Command, CommandResult};
+use crate::raft::NodeId;
+use crate::storage::{NodeStorage, StorageError};
+use crate::store::{self, BatchSender, KvError, ReadOp, ReadResult, StoreConfig, StoreHandle};
+use crate::transport::{handler_fn, QuicConfig, QuicTransport, RaftBatch, TlsMode, Transport, TransportError};
+
+/// Capacity of the channel from the transport to the driver.
+const INBOUND_BATCHES_MAX: usize = 4_096;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The initial cluster: every member's id and `--listen` address.
+    pub members: Vec<(NodeId, SocketAddr)>,
+    pub tls: TlsMode,
+    pub cluster_id: String,
+    pub initial_ranges: u32,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Store(#[from] KvError),
+}
+
+/// A request forwarded from another node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum KvRequest {
+    Propose { range: RangeId, command: Command },
+    Read { range: RangeId, op: ReadOp },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum KvResponse {
+    Command(Result<CommandResult, KvError>),
+    Read(Result<ReadResult, KvError>),
+}
+
+/// A running node.
+pub struct Node {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    pub members: Vec<(NodeId, SocketAddr)>,
+    pub store: StoreHandle,
+    transport: Arc<QuicTransport>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).field("listen", &self.listen).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the data directory, joins the transport, and starts the host. Must run inside a
+    /// tokio runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        if !cfg.members.iter().any(|&(id, addr)| id == cfg.id && addr == cfg.listen) {
+            return Err(NodeError::Config(format!(
+                "node {} at {} is not in the initial cluster {:?}; adding nodes to a running cluster \
+                 needs the placement service, which is not built yet",
+                cfg.id,
+                cfg.listen,
+                cfg.members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>()
+            )));
+        }
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| NodeError::Config(format!("cannot create data dir {}: {e}", cfg.data_dir.display())))?;
+        let storage = NodeStorage::open(&cfg.data_dir.join("flotilla.redb"))?;
+        storage.claim(cfg.id, &cfg.cluster_id)?;
+
+        let peers: Vec<(NodeId, SocketAddr)> = cfg.members.iter().copied().filter(|&(id, _)| id != cfg.id).collect();
+        let (inbound_tx, mut inbound_rx) = mpsc::channel::<RaftBatch>(INBOUND_BATCHES_MAX);
+        let store_slot: Arc<std::sync::OnceLock<StoreHandle>> = Arc::new(std::sync::OnceLock::new());
+        let handler_store = store_slot.clone();
+        let handler = handler_fn(move |_from: NodeId, payload: Vec<u8>| {
+            let store = handler_store.get().cloned();
+            async move {
+                let response = match (store, postcard::from_bytes::<KvRequest>(&payload)) {
+                    (None, _) => KvResponse::Command(Err(KvError::Unavailable("node is starting".into()))),
+                    (Some(_), Err(e)) => KvResponse::Command(Err(KvError::Invalid(format!("bad request: {e}")))),
+                    (Some(store), Ok(KvRequest::Propose { range, command })) => {
+                        KvResponse::Command(store.propose(range, command).await)
+                    }
+                    (Some(store), Ok(KvRequest::Read { range, op })) => KvResponse::Read(store.read(range, op).await),
+                };
+                postcard::to_stdvec(&response).unwrap_or_default()
+            }
+        });
+        let mut quic = QuicConfig::new(cfg.id, cfg.listen, cfg.cluster_id.clone(), cfg.tls.clone());
+        quic.peers = peers.iter().copied().collect();
+        let transport = Arc::new(QuicTransport::start(quic, inbound_tx, handler).await?);
+
+        let sender = transport.clone();
+        let send: BatchSender = Arc::new(move |batch: RaftBatch| sender.send(batch));
+        let member_ids: Vec<NodeId> = cfg.members.iter().map(|&(id, _)| id).collect();
+        let bootstrap = store::initial_ranges(cfg.initial_ranges, &member_ids);
+        let peer_ids = peers.iter().map(|&(id, _)| id).collect();
+        let tick_interval = cfg.store.tick_interval;
+        let (handle, _driver) = store::start(cfg.store.clone(), storage, &bootstrap, peer_ids, send)?;
+        let _ = store_slot.set(handle.clone());
+
+        let delivered = handle.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = inbound_rx.recv().await {
+                delivered.deliver(batch);
+            }
+        });
+        let ticked = handle.clone();
+        std::thread::Builder::new()
+            .name(format!("flotilla-ticker-{}", cfg.id.0))
+            .spawn(move || {
+                // The driver counts ticks by the monotonic clock; this only wakes it up.
+                while ticked.tick() {
+                    std::thread::sleep(tick_interval / 2);
+                }
+            })
+            .map_err(|e| NodeError::Config(format!("cannot start the ticker: {e}")))?;
+        Ok(Node { id: cfg.id, listen: cfg.listen, members: cfg.members, store: handle, transport })
+    }
+
+    /// Proposes `command` on `range` at `node` (this node or another, forwarded).
+    pub async fn propose_at(&self, node: NodeId, range: RangeId, command: Command) -> Result<CommandResult, KvError> {
+        if node == self.id {
+            return self.store.propose(range, command).await;
+        }
+        match self.forward(node, KvRequest::Propose { range, command }).await? {
+            KvResponse::Command(result) => result,
+            KvResponse::Read(_) => Err(KvError::Unknown("mismatched response".into())),
+        }
+    }
+
+    /// Reads `op` on `range` at `node` (this node or another, forwarded).
+    pub async fn read_at(&self, node: NodeId, range: RangeId, op: ReadOp) -> Result<ReadResult, KvError> {
+        if node == self.id {
+            return self.store.read(range, op).await;
+        }
+        match self.forward(node, KvRequest::Read { range, op }).await? {
+            KvResponse::Read(result) => result,
+            KvResponse::Command(_) => Err(KvError::Unavailable("mismatched response".into())),
+        }
+    }
+
+    async fn forward(&self, node: NodeId, request: KvRequest) -> Result<KvResponse, KvError> {
+        let is_write = matches!(request, KvRequest::Propose { .. });
+        let payload = postcard::to_stdvec(&request).map_err(|e| KvError::Invalid(e.to_string()))?;
+        match self.transport.request(node, payload, Duration::from_secs(5)).await {
+            Ok(bytes) => postcard::from_bytes(&bytes).map_err(|e| KvError::Unknown(format!("bad response: {e}"))),
+            Err(e @ TransportError::Unreachable { .. }) => Err(KvError::Unavailable(format!("cannot reach {node}: {e}"))),
+            // Anything else may have happened after the leader got the write: its outcome is
+            // unknown, and saying "failed" could be a lie.
+            Err(e) if is_write => Err(KvError::Unknown(format!("forwarded write to {node}: {e}"))),
+            Err(e) => Err(KvError::Unavailable(format!("read via {node} failed: {e}"))),
+        }
+    }
+}

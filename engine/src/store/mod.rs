@@ -1,0 +1,818 @@
+//! The multi-Raft host: every replica on this node, driven by one loop on one thread.
+//!
+//! One driver round (STYLE.md convention 4):
+//! 1. drain inputs (peer batches, proposals, reads, ticks) from one bounded channel;
+//! 2. apply the ticks that are due by the monotonic clock to every *awake* group — catch-up
+//!    ticks included, so a process that was paused (SIGSTOP) sees its leases expire before it
+//!    serves anything;
+//! 3. step messages, proposals and reads into their groups;
+//! 4. collect `Ready` from the groups touched this round and write all of it — entries, hard
+//!    states, snapshots, the effects of committed entries and the applied indexes — in **one**
+//!    redb transaction. It is durable (one fsync) if any group has new entries, a snapshot, or a
+//!    new term or vote; a round that only applies committed entries needs no fsync, because the
+//!    entries are already durable on a quorum and apply is idempotent (data and applied index
+//!    move together);
+//! 5. only then send the round's messages, coalesced: one `RaftBatch` per peer, heartbeats as
+//!    compact tuples;
+//! 6. answer proposals whose entries applied, serve reads whose index is applied, `advance()`.
+//!
+//! Quiescence: a leader whose group has been idle and fully replicated for
+//! `quiesce_idle_ticks` tells its followers (a `(range, term)` in the batch) and every replica
+//! stops ticking that group; any message, proposal or read wakes it. A follower still notices a
+//! dead leader: peers exchange a batch at least every heartbeat interval (node liveness), and
+//! when a peer is silent for `peer_dead_after`, the groups it led wake up and elect.
+//!
+//! Invariants: nothing in a round's messages leaves before the round's transaction commits; a
+//! failed commit stops the driver (the storage is poisoned, fsync is never retried); quiesced
+//! groups never tick and never serve lease reads (their lease is reset when they wake).
+
+#![allow(clippy::disallowed_methods)] // the host owns the monotonic clock and its thread
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ids::RangeId;
+use crate::kv::{Command, CommandResult};
+use crate::raft::{
+    Config, EntryPayload, InitialState, LogIndex, Membership, Message, MessageBody, NodeId, RaftError, RawNode,
+    ReadMode, Role, Term,
+};
+use crate::storage::{GroupRecord, NodeStorage, RangeDescriptor, StorageError};
+use crate::transport::wire::{HeartbeatEntry, HeartbeatResponseEntry, RaftBatch};
+
+/// Capacity of the driver's input channel; senders wait (proposals) or drop (peer batches)
+/// when it is full.
+pub const INPUT_QUEUE_MAX: usize = 16_384;
+/// Inputs handled per round at most, so one round's latency stays bounded.
+pub const ROUND_INPUTS_MAX: usize = 4_096;
+
+/// Errors returned to clients of the store.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KvError {
+    #[error("not the leader of {range} (leader hint: {leader_hint:?})")]
+    NotLeader { range: RangeId, leader_hint: Option<NodeId> },
+    #[error("range {0} not found on this node")]
+    RangeNotFound(RangeId),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the outcome is unknown: {0}")]
+    Unknown(String),
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+/// Tuning of the host. Every duration and limit is named with its unit.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub node_id: NodeId,
+    pub tick_interval: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    pub lease_drift_ticks: u32,
+    /// Ticks a leader's group must stay idle before it quiesces.
+    pub quiesce_idle_ticks: u32,
+    /// A peer silent this long is presumed dead; the quiesced groups it led wake up.
+    pub peer_dead_after: Duration,
+    /// Entries kept in the log after the applied index before compaction.
+    pub log_retain_entries: u64,
+}
+
+impl StoreConfig {
+    pub fn new(node_id: NodeId) -> StoreConfig {
+        StoreConfig {
+            node_id,
+            tick_interval: Duration::from_millis(50),
+            election_ticks: 20,
+            heartbeat_ticks: 3,
+            lease_drift_ticks: 4,
+            quiesce_idle_ticks: 40,
+            peer_dead_after: Duration::from_millis(2_000),
+            log_retain_entries: 1_000,
+        }
+    }
+
+    fn raft_config(&self) -> Config {
+        let mut cfg = Config::new(self.node_id);
+        cfg.election_ticks = self.election_ticks;
+        cfg.heartbeat_ticks = self.heartbeat_ticks;
+        cfg.lease_drift_ticks = self.lease_drift_ticks;
+        cfg
+    }
+}
+
+/// Reads served by the store after a linearizable confirmation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOp {
+    Get { key: Vec<u8> },
+    Scan { start: Vec<u8>, end: Vec<u8>, limit: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadResult {
+    Value(Option<Vec<u8>>),
+    Pairs(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, KvError>>;
+
+/// What the driver consumes.
+#[derive(Debug)]
+pub enum Input {
+    Batch(RaftBatch),
+    Propose { range: RangeId, command: Command, reply: Reply<CommandResult> },
+    Read { range: RangeId, op: ReadOp, reply: Reply<ReadResult> },
+    TransferLeader { range: RangeId, to: NodeId },
+    Tick,
+}
+
+/// A range as `/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RangeStatus {
+    pub id: u64,
+    pub start: String,
+    pub end: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub role: String,
+    pub replicas: Vec<u64>,
+    pub applied: u64,
+    pub commit: u64,
+    pub quiesced: bool,
+}
+
+/// What the driver publishes for observers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreStatus {
+    pub node_id: u64,
+    pub ranges: Vec<RangeStatus>,
+    pub fatal: Option<String>,
+}
+
+/// The handle clients use; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Input>,
+    status: Arc<Mutex<StoreStatus>>,
+    ranges: Arc<Vec<RangeDescriptor>>,
+}
+
+impl StoreHandle {
+    pub fn ranges(&self) -> &[RangeDescriptor] {
+        &self.ranges
+    }
+
+    pub fn range_for(&self, key: &[u8]) -> Option<&RangeDescriptor> {
+        self.ranges.iter().find(|r| r.contains(key))
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The leader this node believes `range` has.
+    pub fn leader_of(&self, range: RangeId) -> Option<NodeId> {
+        let status = self.status.lock().ok()?;
+        status.ranges.iter().find(|r| r.id == range.0).and_then(|r| r.leader).map(NodeId)
+    }
+
+    /// Hands a batch from a peer to the driver; dropped if the driver is overloaded (Raft
+    /// tolerates lost messages).
+    pub fn deliver(&self, batch: RaftBatch) {
+        if self.tx.try_send(Input::Batch(batch)).is_err() {
+            metrics::counter!("flotilla_store_inputs_dropped_total").increment(1);
+        }
+    }
+
+    pub fn tick(&self) -> bool {
+        !matches!(self.tx.try_send(Input::Tick), Err(mpsc::error::TrySendError::Closed(_)))
+    }
+
+    /// Proposes a command to the local replica of `range`, which must lead it.
+    pub async fn propose(&self, range: RangeId, command: Command) -> Result<CommandResult, KvError> {
+        command.validate().map_err(KvError::Invalid)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Propose { range, command, reply })
+            .await
+            .map_err(|_| KvError::Unavailable("the node is shutting down".into()))?;
+        rx.await.map_err(|_| KvError::Unknown("the node stopped before the write applied".into()))?
+    }
+
+    /// A linearizable read on the local replica of `range`, which must lead it.
+    pub async fn read(&self, range: RangeId, op: ReadOp) -> Result<ReadResult, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Read { range, op, reply })
+            .await
+            .map_err(|_| KvError::Unavailable("the node is shutting down".into()))?;
+        rx.await.map_err(|_| KvError::Unavailable("the node stopped before the read completed".into()))?
+    }
+
+    pub async fn transfer_leader(&self, range: RangeId, to: NodeId) -> Result<(), KvError> {
+        self.tx
+            .send(Input::TransferLeader { range, to })
+            .await
+            .map_err(|_| KvError::Unavailable("the node is shutting down".into()))
+    }
+}
+
+/// Splits the keyspace into `count` ranges by the first two key bytes.
+pub fn initial_ranges(count: u32, replicas: &[NodeId]) -> Vec<RangeDescriptor> {
+    let count = count.max(1);
+    let boundary = |i: u32| -> Vec<u8> {
+        if i == 0 || i == count {
+            return Vec::new();
+        }
+        let point = (u64::from(i) << 16) / u64::from(count);
+        vec![(point >> 8) as u8, point as u8]
+    };
+    (0..count)
+        .map(|i| RangeDescriptor {
+            id: RangeId(u64::from(i) + 1),
+            start: boundary(i),
+            end: boundary(i + 1),
+            replicas: replicas.to_vec(),
+        })
+        .collect()
+}
+
+struct Group {
+    desc: RangeDescriptor,
+    raft: RawNode,
+    record: GroupRecord,
+    quiesced: bool,
+    idle_ticks: u32,
+}
+
+struct PendingRead {
+    range: RangeId,
+    op: ReadOp,
+    reply: Reply<ReadResult>,
+    index: Option<LogIndex>,
+}
+
+/// Sends one batch to a peer. Implemented by the transport.
+pub type BatchSender = Arc<dyn Fn(RaftBatch) + Send + Sync>;
+
+/// Opens the node's groups (bootstrapping them on an empty data directory) and starts the
+/// driver thread.
+pub fn start(
+    cfg: StoreConfig,
+    storage: NodeStorage,
+    bootstrap: &[RangeDescriptor],
+    peers: Vec<NodeId>,
+    send: BatchSender,
+) -> Result<(StoreHandle, std::thread::JoinHandle<()>), KvError> {
+    let storage_err = |e: StorageError| KvError::Storage(e.to_string());
+    let mut ranges = storage.ranges().map_err(storage_err)?;
+    if ranges.is_empty() {
+        // A new node of the initial cluster: every member writes the same bootstrap state.
+        let mut round = storage.begin_round().map_err(storage_err)?;
+        for desc in bootstrap {
+            let initial = InitialState::bootstrap(Membership::with_voters(desc.replicas.iter().copied()));
+            round.put_range(desc).map_err(storage_err)?;
+            round.append(desc.id, &initial.entries).map_err(storage_err)?;
+            round
+                .put_group(desc.id, &GroupRecord { hard_state: initial.hard_state, snapshot: None, applied: LogIndex::ZERO })
+                .map_err(storage_err)?;
+        }
+        round.commit().map_err(storage_err)?;
+        ranges = storage.ranges().map_err(storage_err)?;
+    }
+    let mut groups = BTreeMap::new();
+    for desc in &ranges {
+        let (initial, record) = storage
+            .load_group(desc.id)
+            .map_err(storage_err)?
+            .ok_or_else(|| KvError::Storage(format!("range {} has a descriptor but no Raft state", desc.id)))?;
+        let seed = cfg.node_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ desc.id.0;
+        let raft = RawNode::new(cfg.raft_config(), initial, seed)
+            .map_err(|e: RaftError| KvError::Storage(format!("range {}: {e}", desc.id)))?;
+        groups.insert(desc.id, Group { desc: desc.clone(), raft, record, quiesced: false, idle_ticks: 0 });
+    }
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
+    let status = Arc::new(Mutex::new(StoreStatus { node_id: cfg.node_id.0, ..StoreStatus::default() }));
+    let handle = StoreHandle { tx, status: status.clone(), ranges: Arc::new(ranges) };
+    let now = Instant::now();
+    let mut driver = Driver {
+        awake: groups.keys().copied().collect(),
+        groups,
+        storage,
+        send,
+        rx,
+        status,
+        proposals: HashMap::new(),
+        reads: BTreeMap::new(),
+        next_ctx: 1,
+        started: now,
+        ticks_done: 0,
+        peer_heard: peers.iter().map(|&p| (p, now)).collect(),
+        peers_dead: BTreeSet::new(),
+        peers,
+        touched: BTreeSet::new(),
+        outbox: BTreeMap::new(),
+        liveness_ticks: 0,
+        status_published: now,
+        cfg,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("flotilla-driver-{}", driver.cfg.node_id.0))
+        .spawn(move || driver.run())
+        .map_err(|e| KvError::Unavailable(format!("cannot start the driver thread: {e}")))?;
+    Ok((handle, thread))
+}
+
+struct Driver {
+    cfg: StoreConfig,
+    storage: NodeStorage,
+    groups: BTreeMap<RangeId, Group>,
+    /// Groups that tick: not quiesced.
+    awake: BTreeSet<RangeId>,
+    send: BatchSender,
+    rx: mpsc::Receiver<Input>,
+    status: Arc<Mutex<StoreStatus>>,
+    /// (range, index) → (term proposed in, reply).
+    proposals: HashMap<(RangeId, LogIndex), (Term, Reply<CommandResult>)>,
+    reads: BTreeMap<u64, PendingRead>,
+    next_ctx: u64,
+    started: Instant,
+    ticks_done: u64,
+    peers: Vec<NodeId>,
+    peer_heard: BTreeMap<NodeId, Instant>,
+    peers_dead: BTreeSet<NodeId>,
+    /// Groups that got input this round and may have a `Ready`.
+    touched: BTreeSet<RangeId>,
+    outbox: BTreeMap<NodeId, RaftBatch>,
+    liveness_ticks: u32,
+    status_published: Instant,
+}
+
+impl Driver {
+    fn run(&mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut inputs = vec![first];
+            while inputs.len() < ROUND_INPUTS_MAX {
+                match self.rx.try_recv() {
+                    Ok(input) => inputs.push(input),
+                    Err(_) => break,
+                }
+            }
+            self.apply_due_ticks();
+            for input in inputs {
+                self.handle(input);
+            }
+            if let Err(e) = self.round() {
+                let text = format!("storage failure, node stopping: {e}");
+                tracing::error!(node = self.cfg.node_id.0, "{text}");
+                if let Ok(mut s) = self.status.lock() {
+                    s.fatal = Some(text);
+                }
+                self.fail_everything(KvError::Storage(e.to_string()));
+                return;
+            }
+            self.flush_outbox();
+            if self.status_published.elapsed() >= Duration::from_millis(100) {
+                self.publish_status();
+            }
+        }
+    }
+
+    fn fail_everything(&mut self, error: KvError) {
+        for (_, (_, reply)) in self.proposals.drain() {
+            let _ = reply.send(Err(KvError::Unknown(error.to_string())));
+        }
+        for (_, read) in std::mem::take(&mut self.reads) {
+            let _ = read.reply.send(Err(error.clone()));
+        }
+    }
+
+    // ------------------------------------------------------------ time
+
+    fn apply_due_ticks(&mut self) {
+        let due = (self.started.elapsed().as_micros() / self.cfg.tick_interval.as_micros().max(1)) as u64;
+        // Catch up at most a few election timeouts' worth; beyond that every lease and
+        // election timer has long expired anyway.
+        let todo = due.saturating_sub(self.ticks_done).min(u64::from(self.cfg.election_ticks) * 4);
+        self.ticks_done = due;
+        for _ in 0..todo {
+            self.tick_once();
+        }
+        if todo > 0 {
+            self.check_peer_liveness();
+        }
+    }
+
+    fn tick_once(&mut self) {
+        let awake: Vec<RangeId> = self.awake.iter().copied().collect();
+        for range in awake {
+            let Some(g) = self.groups.get_mut(&range) else { continue };
+            g.raft.tick();
+            self.touched.insert(range);
+            if g.raft.is_quiescent() {
+                g.idle_ticks += 1;
+                if g.idle_ticks >= self.cfg.quiesce_idle_ticks {
+                    self.quiesce(range);
+                }
+            } else {
+                g.idle_ticks = 0;
+            }
+        }
+        // Node liveness: every peer hears from us at least once per heartbeat interval.
+        self.liveness_ticks += 1;
+        if self.liveness_ticks >= self.cfg.heartbeat_ticks {
+            self.liveness_ticks = 0;
+            for &peer in &self.peers {
+                self.outbox.entry(peer).or_insert_with(|| RaftBatch {
+                    from: self.cfg.node_id,
+                    to: peer,
+                    ..RaftBatch::default()
+                });
+            }
+        }
+    }
+
+    fn quiesce(&mut self, range: RangeId) {
+        let Some(g) = self.groups.get_mut(&range) else { return };
+        g.quiesced = true;
+        g.idle_ticks = 0;
+        self.awake.remove(&range);
+        let term = g.raft.term();
+        let members: Vec<NodeId> = g.raft.membership().members().into_iter().collect();
+        for peer in members {
+            if peer != self.cfg.node_id {
+                self.batch_for(peer).quiesce.push((range, term));
+            }
+        }
+        metrics::gauge!("flotilla_ranges_quiesced").increment(1.0);
+    }
+
+    fn wake(&mut self, range: RangeId) {
+        let Some(g) = self.groups.get_mut(&range) else { return };
+        if g.quiesced {
+            g.quiesced = false;
+            g.idle_ticks = 0;
+            g.raft.reset_lease();
+            self.awake.insert(range);
+            metrics::gauge!("flotilla_ranges_quiesced").decrement(1.0);
+        }
+    }
+
+    fn check_peer_liveness(&mut self) {
+        let now = Instant::now();
+        let dead: Vec<NodeId> = self
+            .peer_heard
+            .iter()
+            .filter(|(_, &heard)| now.duration_since(heard) > self.cfg.peer_dead_after)
+            .map(|(&p, _)| p)
+            .collect();
+        for peer in dead {
+            if self.peers_dead.insert(peer) {
+                tracing::warn!(node = self.cfg.node_id.0, peer = peer.0, "peer presumed dead; waking the groups it led");
+                let led: Vec<RangeId> = self
+                    .groups
+                    .iter()
+                    .filter(|(_, g)| g.quiesced && g.raft.leader() == Some(peer))
+                    .map(|(&r, _)| r)
+                    .collect();
+                for range in led {
+                    self.wake(range);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Tick => {}
+            Input::Batch(batch) => self.handle_batch(batch),
+            Input::Propose { range, command, reply } => self.handle_propose(range, command, reply),
+            Input::Read { range, op, reply } => self.handle_read(range, op, reply),
+            Input::TransferLeader { range, to } => {
+                self.wake(range);
+                if let Some(g) = self.groups.get_mut(&range) {
+                    let _ = g.raft.transfer_leader(to);
+                    self.touched.insert(range);
+                }
+            }
+        }
+    }
+
+    fn handle_batch(&mut self, batch: RaftBatch) {
+        let me = self.cfg.node_id;
+        if batch.to != me {
+            metrics::counter!("flotilla_store_misaddressed_batches_total").increment(1);
+            return;
+        }
+        let from = batch.from;
+        self.peer_heard.insert(from, Instant::now());
+        self.peers_dead.remove(&from);
+        let mut messages: Vec<(RangeId, Message)> = batch.messages;
+        for hb in batch.heartbeats {
+            let body = MessageBody::Heartbeat { commit: hb.commit, read_seq: hb.read_seq };
+            messages.push((hb.range, Message { from, to: me, term: hb.term, body }));
+        }
+        for hr in batch.heartbeat_responses {
+            let body = MessageBody::HeartbeatResponse { read_seq: hr.read_seq };
+            messages.push((hr.range, Message { from, to: me, term: hr.term, body }));
+        }
+        for (range, message) in messages {
+            if !self.groups.contains_key(&range) {
+                continue;
+            }
+            self.wake(range);
+            let Some(g) = self.groups.get_mut(&range) else { continue };
+            if let Err(e) = g.raft.step(message) {
+                tracing::warn!(node = me.0, range = range.0, peer = from.0, "rejected message: {e}");
+                metrics::counter!("flotilla_raft_messages_rejected_total").increment(1);
+            }
+            self.touched.insert(range);
+        }
+        for (range, term) in batch.quiesce {
+            if let Some(g) = self.groups.get_mut(&range) {
+                if g.raft.term() == term && g.raft.leader() == Some(from) && g.raft.role() == Role::Follower {
+                    g.quiesced = true;
+                    self.awake.remove(&range);
+                }
+            }
+        }
+    }
+
+    fn handle_propose(&mut self, range: RangeId, command: Command, reply: Reply<CommandResult>) {
+        self.wake(range);
+        let Some(g) = self.groups.get_mut(&range) else {
+            let _ = reply.send(Err(KvError::RangeNotFound(range)));
+            return;
+        };
+        if let Some(key) = command.keys().into_iter().find(|k| !g.desc.contains(k)) {
+            let _ = reply.send(Err(KvError::Invalid(format!("key {key:02x?} is outside range {range}"))));
+            return;
+        }
+        match g.raft.propose(command.encode()) {
+            Ok(index) => {
+                metrics::counter!("flotilla_raft_proposals_total").increment(1);
+                self.proposals.insert((range, index), (g.raft.term(), reply));
+                self.touched.insert(range);
+            }
+            Err(RaftError::NotLeader { leader_hint }) => {
+                let _ = reply.send(Err(KvError::NotLeader { range, leader_hint }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(KvError::Unavailable(e.to_string())));
+            }
+        }
+    }
+
+    fn handle_read(&mut self, range: RangeId, op: ReadOp, reply: Reply<ReadResult>) {
+        self.wake(range);
+        let Some(g) = self.groups.get_mut(&range) else {
+            let _ = reply.send(Err(KvError::RangeNotFound(range)));
+            return;
+        };
+        if g.raft.role() != Role::Leader {
+            let _ = reply.send(Err(KvError::NotLeader { range, leader_hint: g.raft.leader() }));
+            return;
+        }
+        let ctx = self.next_ctx;
+        self.next_ctx += 1;
+        match g.raft.read_index(ctx, ReadMode::Lease) {
+            Ok(()) => {
+                self.reads.insert(ctx, PendingRead { range, op, reply, index: None });
+                self.touched.insert(range);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(KvError::Unavailable(e.to_string())));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ the round
+
+    fn round(&mut self) -> Result<(), StorageError> {
+        // A leader's commit can move in `advance()` (its own entries became durable), which
+        // produces another ready: loop until quiet, each iteration one transaction.
+        for _ in 0..4 {
+            let touched: Vec<RangeId> = std::mem::take(&mut self.touched).into_iter().collect();
+            let ready_groups: Vec<RangeId> =
+                touched.into_iter().filter(|r| self.groups.get(r).is_some_and(|g| g.raft.has_ready())).collect();
+            if ready_groups.is_empty() {
+                break;
+            }
+            self.one_round(&ready_groups)?;
+        }
+        Ok(())
+    }
+
+    fn one_round(&mut self, ready_groups: &[RangeId]) -> Result<(), StorageError> {
+        let mut readies = Vec::with_capacity(ready_groups.len());
+        let mut durable = false;
+        let mut entries_written = 0u64;
+        let mut applied_results: Vec<(RangeId, LogIndex, Term, Option<CommandResult>)> = Vec::new();
+        let mut round = self.storage.begin_round()?;
+        for &range in ready_groups {
+            let Some(g) = self.groups.get_mut(&range) else { continue };
+            let rd = g.raft.ready();
+            if let Some(snapshot) = &rd.snapshot {
+                g.desc = round.install_snapshot(range, snapshot)?;
+                g.record.snapshot = Some(snapshot.meta.clone());
+                g.record.applied = snapshot.meta.index;
+                durable = true;
+            }
+            if !rd.entries.is_empty() {
+                round.append(range, &rd.entries)?;
+                entries_written += rd.entries.len() as u64;
+                durable = true;
+            }
+            if let Some(hs) = rd.hard_state {
+                if hs.term != g.record.hard_state.term || hs.vote != g.record.hard_state.vote {
+                    durable = true;
+                }
+                g.record.hard_state = hs;
+            }
+            for entry in &rd.committed_entries {
+                let result = match &entry.payload {
+                    EntryPayload::Normal(data) => Some(match Command::decode(data) {
+                        Some(command) => command.apply(&mut round)?,
+                        None => CommandResult::Rejected("undecodable command".into()),
+                    }),
+                    _ => None,
+                };
+                g.record.applied = entry.index;
+                applied_results.push((range, entry.index, entry.term, result));
+            }
+            round.put_group(range, &g.record)?;
+            readies.push((range, rd));
+        }
+        round.commit_with(durable)?;
+        if durable {
+            metrics::counter!("flotilla_storage_fsyncs_total").increment(1);
+            metrics::histogram!("flotilla_storage_entries_per_fsync").record(entries_written as f64);
+        }
+        metrics::counter!("flotilla_raft_entries_applied_total").increment(applied_results.len() as u64);
+
+        // The round is durable: now messages may leave, and clients may hear back.
+        for (range, index, term, result) in applied_results {
+            if let Some((proposed_term, reply)) = self.proposals.remove(&(range, index)) {
+                let answer = if proposed_term == term {
+                    Ok(result.unwrap_or(CommandResult::Rejected("not a command entry".into())))
+                } else {
+                    // Another leader's entry took this index: ours was never committed.
+                    Err(KvError::Unavailable("leadership changed before the write committed".into()))
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        for (range, mut rd) in readies {
+            for m in std::mem::take(&mut rd.messages) {
+                self.queue_message(range, m);
+            }
+            if let Some(soft) = rd.soft_state {
+                if soft.role == Role::Leader {
+                    metrics::counter!("flotilla_raft_elections_won_total").increment(1);
+                }
+                if soft.role != Role::Leader {
+                    self.fail_pending_reads(range);
+                }
+            }
+            for rs in rd.read_states {
+                if let Some(read) = self.reads.get_mut(&rs.ctx) {
+                    read.index = Some(rs.index);
+                }
+            }
+            if let Some(g) = self.groups.get_mut(&range) {
+                g.raft.advance();
+                if g.raft.has_ready() {
+                    self.touched.insert(range);
+                }
+            }
+        }
+        self.serve_reads();
+        self.maybe_compact();
+        Ok(())
+    }
+
+    fn fail_pending_reads(&mut self, range: RangeId) {
+        let leader_hint = self.groups.get(&range).and_then(|g| g.raft.leader());
+        let failed: Vec<u64> = self.reads.iter().filter(|(_, r)| r.range == range).map(|(&c, _)| c).collect();
+        for ctx in failed {
+            if let Some(read) = self.reads.remove(&ctx) {
+                let _ = read.reply.send(Err(KvError::NotLeader { range, leader_hint }));
+            }
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let ready: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| {
+                r.index.is_some_and(|i| self.groups.get(&r.range).is_some_and(|g| g.record.applied >= i))
+            })
+            .map(|(&c, _)| c)
+            .collect();
+        for ctx in ready {
+            let Some(read) = self.reads.remove(&ctx) else { continue };
+            let result = match &read.op {
+                ReadOp::Get { key } => self.storage.get(key).map(ReadResult::Value),
+                ReadOp::Scan { start, end, limit } => {
+                    self.storage.scan(start, end, *limit as usize).map(ReadResult::Pairs)
+                }
+            };
+            let _ = read.reply.send(result.map_err(|e| KvError::Storage(e.to_string())));
+        }
+    }
+
+    fn maybe_compact(&mut self) {
+        let retain = self.cfg.log_retain_entries;
+        for (&range, g) in self.groups.iter_mut() {
+            let applied = g.record.applied;
+            if applied.0 < g.raft.snapshot_index().0 + 2 * retain || applied.0 <= retain {
+                continue;
+            }
+            // One read transaction gives the data and the applied index it reflects.
+            let (at, data) = match self.storage.snapshot_range(&g.desc) {
+                Ok(snapshot) => snapshot,
+                Err(_) => continue,
+            };
+            if at != applied {
+                continue;
+            }
+            if let Ok(meta) = g.raft.compact(applied, data) {
+                g.record.snapshot = Some(meta.clone());
+                if let Ok(mut round) = self.storage.begin_round() {
+                    let ok = round.put_group(range, &g.record).is_ok() && round.truncate_prefix(range, meta.index).is_ok();
+                    if ok {
+                        let _ = round.commit_with(false);
+                    }
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ sending
+
+    fn batch_for(&mut self, peer: NodeId) -> &mut RaftBatch {
+        let me = self.cfg.node_id;
+        self.outbox.entry(peer).or_insert_with(|| RaftBatch { from: me, to: peer, ..RaftBatch::default() })
+    }
+
+    fn queue_message(&mut self, range: RangeId, m: Message) {
+        let to = m.to;
+        let batch = self.batch_for(to);
+        match m.body {
+            MessageBody::Heartbeat { commit, read_seq } => {
+                batch.heartbeats.push(HeartbeatEntry { range, term: m.term, commit, read_seq });
+                metrics::counter!("flotilla_raft_heartbeats_sent_total").increment(1);
+            }
+            MessageBody::HeartbeatResponse { read_seq } => {
+                batch.heartbeat_responses.push(HeartbeatResponseEntry { range, term: m.term, read_seq });
+            }
+            _ => batch.messages.push((range, m)),
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        for (_, batch) in std::mem::take(&mut self.outbox) {
+            metrics::counter!("flotilla_peer_batches_sent_total").increment(1);
+            (self.send)(batch);
+        }
+    }
+
+    fn publish_status(&mut self) {
+        self.status_published = Instant::now();
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let ranges = self
+            .groups
+            .values()
+            .map(|g| {
+                let st = g.raft.status();
+                RangeStatus {
+                    id: g.desc.id.0,
+                    start: hex(&g.desc.start),
+                    end: hex(&g.desc.end),
+                    term: st.term.0,
+                    leader: st.leader.map(|l| l.0),
+                    role: format!("{:?}", st.role).to_lowercase(),
+                    replicas: st.membership.all_voters().into_iter().map(|n| n.0).collect(),
+                    applied: g.record.applied.0,
+                    commit: st.commit.0,
+                    quiesced: g.quiesced,
+                }
+            })
+            .collect();
+        if let Ok(mut s) = self.status.lock() {
+            s.ranges = ranges;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -49,7 +49,12 @@ impl ClusterBackend {
 
     /// Runs `attempt` against the leader of `range` until it succeeds, fails for good, or the
     /// deadline passes.
-    async fn at_leader<T, F, Fut>(&self, range: RangeId, retry_unknown: bool, attempt: F) -> Result<T, BackendError>
+    async fn at_leader<T, F, Fut>(
+        &self,
+        range: RangeId,
+        retry_unknown: bool,
+        attempt: F,
+    ) -> Result<T, BackendError>
     where
         F: Fn(NodeId) -> Fut,
         Fut: std::future::Future<Output = Result<T, KvError>>,
@@ -71,7 +76,9 @@ impl ClusterBackend {
                         }
                     }
                     Err(KvError::Unknown(what)) if !retry_unknown => {
-                        return Err(BackendError::Unavailable(format!("outcome unknown, not retried: {what}")));
+                        return Err(BackendError::Unavailable(format!(
+                            "outcome unknown, not retried: {what}"
+                        )));
                     }
                     Err(KvError::Invalid(what)) => return Err(BackendError::Invalid(what)),
                     Err(KvError::Storage(what)) => return Err(BackendError::Internal(what)),
@@ -102,7 +109,10 @@ impl ClusterBackend {
     }
 }
 
-fn rejected<T>(result: CommandResult, pick: impl FnOnce(CommandResult) -> Option<T>) -> Result<T, BackendError> {
+fn rejected<T>(
+    result: CommandResult,
+    pick: impl FnOnce(CommandResult) -> Option<T>,
+) -> Result<T, BackendError> {
     match result {
         CommandResult::Rejected(why) => Err(BackendError::Invalid(why)),
         other => {
@@ -123,7 +133,12 @@ impl KvBackend for ClusterBackend {
         })
     }
 
-    fn set(&self, key: Vec<u8>, value: Vec<u8>, cond: SetCondition) -> BoxFuture<'_, Result<bool, BackendError>> {
+    fn set(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: SetCondition,
+    ) -> BoxFuture<'_, Result<bool, BackendError>> {
         Box::pin(async move {
             let condition = match cond {
                 SetCondition::Always => kv::SetCondition::Always,
@@ -212,7 +227,9 @@ impl KvBackend for ClusterBackend {
                     let op = ReadOp::Scan { start: from.clone(), end: to.clone(), limit: want as u32 };
                     let pairs = match self.read(r.id, op).await? {
                         ReadResult::Pairs(pairs) => pairs,
-                        ReadResult::Value(_) => return Err(BackendError::Internal("unexpected get result".into())),
+                        ReadResult::Value(_) => {
+                            return Err(BackendError::Internal("unexpected get result".into()))
+                        }
                     };
                     let full = pairs.len() == want;
                     if let Some((last, _)) = pairs.last() {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-pub use faulty::{FaultyBackend, Faults};
+pub use faulty::{Faults, FaultyBackend};
 
 use crate::ids::RangeId;
 use crate::raft::{Entry, HardState, InitialState, LogIndex, NodeId, Snapshot, SnapshotMeta};
@@ -38,6 +38,9 @@ use crate::raft::{Entry, HardState, InitialState, LogIndex, NodeId, Snapshot, Sn
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
 /// range → `GroupRecord`.
 const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_groups");
+/// Key-value pairs in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// range → `RangeDescriptor`.
 const RANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("ranges");
 /// user key → value, shared by all ranges (a split only moves a boundary).
@@ -173,7 +176,8 @@ impl NodeStorage {
 
     /// A database on any redb backend (fault injection).
     pub fn with_backend(backend: impl redb::StorageBackend) -> Result<NodeStorage, StorageError> {
-        let db = Database::builder().create_with_backend(backend).map_err(|e| StorageError::Io(e.to_string()))?;
+        let db =
+            Database::builder().create_with_backend(backend).map_err(|e| StorageError::Io(e.to_string()))?;
         NodeStorage::init(db)
     }
 
@@ -193,7 +197,11 @@ impl NodeStorage {
                     meta.insert("format", FORMAT_VERSION.to_le_bytes().as_slice()).map_err(io)?;
                 }
                 Some(v) if v == FORMAT_VERSION.to_le_bytes() => {}
-                Some(v) => return Err(StorageError::Mismatch(format!("format {v:?}, this build reads {FORMAT_VERSION}"))),
+                Some(v) => {
+                    return Err(StorageError::Mismatch(format!(
+                        "format {v:?}, this build reads {FORMAT_VERSION}"
+                    )))
+                }
             }
         }
         txn.commit().map_err(io)?;
@@ -220,7 +228,8 @@ impl NodeStorage {
                     meta.insert("cluster", cluster.as_bytes()).map_err(io)?;
                 }
                 Some(id) if id == node.0.to_le_bytes() => {
-                    let stored = meta.get("cluster").map_err(io)?.map(|v| v.value().to_vec()).unwrap_or_default();
+                    let stored =
+                        meta.get("cluster").map_err(io)?.map(|v| v.value().to_vec()).unwrap_or_default();
                     if stored != cluster.as_bytes() {
                         return Err(StorageError::Mismatch(format!(
                             "data directory belongs to cluster {:?}, not {cluster:?}",
@@ -230,7 +239,9 @@ impl NodeStorage {
                 }
                 Some(id) => {
                     let id = id.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
-                    return Err(StorageError::Mismatch(format!("data directory belongs to node {id}, not {node}")));
+                    return Err(StorageError::Mismatch(format!(
+                        "data directory belongs to node {id}, not {node}"
+                    )));
                 }
             }
         }
@@ -273,12 +284,16 @@ impl NodeStorage {
             let (_, index) = k.value();
             let expected = first + entries.len() as u64;
             if index != expected {
-                return Err(StorageError::Corrupt(format!("log of {range} has a gap: i{index} after i{}", expected - 1)));
+                return Err(StorageError::Corrupt(format!(
+                    "log of {range} has a gap: i{index} after i{}",
+                    expected - 1
+                )));
             }
             entries.push(decode_entry(range, index, v.value())?);
         }
         let snapshot = record.snapshot.clone().map(|meta| Snapshot { meta, data: Vec::new() });
-        let initial = InitialState { hard_state: record.hard_state, snapshot, entries, applied: record.applied };
+        let initial =
+            InitialState { hard_state: record.hard_state, snapshot, entries, applied: record.applied };
         Ok(Some((initial, record)))
     }
 
@@ -290,11 +305,15 @@ impl NodeStorage {
     }
 
     /// Up to `limit` pairs with keys in `[start, end)` (`end` empty = unbounded), in key order.
-    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Pairs, StorageError> {
         self.check_poison()?;
         let txn = self.db.begin_read().map_err(io)?;
         let table = txn.open_table(DATA).map_err(io)?;
-        let rows = if end.is_empty() { table.range(start..).map_err(io)? } else { table.range(start..end).map_err(io)? };
+        let rows = if end.is_empty() {
+            table.range(start..).map_err(io)?
+        } else {
+            table.range(start..end).map_err(io)?
+        };
         let mut out = Vec::new();
         for row in rows.take(limit) {
             let (k, v) = row.map_err(io)?;
@@ -389,7 +408,11 @@ impl Round<'_> {
     }
 
     /// Replaces a range's log and data with a snapshot received from its leader.
-    pub fn install_snapshot(&mut self, range: RangeId, snapshot: &Snapshot) -> Result<RangeDescriptor, StorageError> {
+    pub fn install_snapshot(
+        &mut self,
+        range: RangeId,
+        snapshot: &Snapshot,
+    ) -> Result<RangeDescriptor, StorageError> {
         let data: SnapshotData = decode("snapshot data", &snapshot.data)?;
         {
             let mut log = self.txn.open_table(LOG).map_err(io)?;

@@ -65,7 +65,8 @@ async fn handle(mut stream: TcpStream, source: Arc<dyn AdminSource>) -> std::io:
         "/metrics" => respond(&mut stream, 200, "text/plain; version=0.0.4", &source.metrics_text()).await,
         "/status" => respond(&mut stream, 200, "application/json", &source.status_json()).await,
         "/" => {
-            respond(&mut stream, 200, "text/plain", "flotilla admin: /status (JSON), /metrics (Prometheus)\n").await
+            respond(&mut stream, 200, "text/plain", "flotilla admin: /status (JSON), /metrics (Prometheus)\n")
+                .await
         }
         _ => respond(&mut stream, 404, "text/plain", "not found: try /status or /metrics\n").await,
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 mod admin;
+mod demo;
 mod start;
 
 use clap::{Parser, Subcommand};
@@ -28,7 +29,7 @@ struct Cli {
 enum Command {
     /// Run the deterministic Raft simulator over many seeds and check its invariants.
     Sim(SimArgs),
-    /// Show Flotilla at work (for now: a simulated cluster, narrated).
+    /// Show Flotilla at work: a local 3-node cluster of real processes, narrated.
     Demo,
     /// Run one node of a cluster.
     Start(start::StartArgs),
@@ -140,9 +141,14 @@ fn run_cert(cert: CertCommand) -> Result<String, flotilla_engine::transport::Tra
             Ok(format!("cluster CA written to {} (keep ca.key secret)", dir.display()))
         }
         CertCommand::CreateNode { ca_dir, out, name, san } => {
-            let sans: Vec<String> = san.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            let sans: Vec<String> =
+                san.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
             tls::create_node_cert(&ca_dir, &out, &name, &sans)?;
-            Ok(format!("node certificate for {name} written to {} (use --certs-dir {})", out.display(), out.display()))
+            Ok(format!(
+                "node certificate for {name} written to {} (use --certs-dir {})",
+                out.display(),
+                out.display()
+            ))
         }
     }
 }
@@ -239,24 +245,11 @@ fn sim(args: &SimArgs) -> ExitCode {
 }
 
 fn demo() -> ExitCode {
-    println!("Flotilla demo");
-    println!("=============");
-    println!("The multi-process cluster (redb storage, QUIC transport, RESP gateway) is not built yet;");
-    println!("this demo runs the deterministic simulator instead: 5 replicas of 2 Raft groups on a");
-    println!("simulated network with crashes, partitions, membership changes and leader transfers,");
-    println!("checking every safety invariant as it goes.\n");
-    let opts = SimOptions { nodes: 5, groups: 2, steps: 30_000, planted_bug: None, keep_trace: true };
-    let report = run_seed(7, &opts);
-    println!("Last notable events of seed 7:");
-    for line in &report.trace {
-        println!("  {line}");
+    match demo::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    println!("\n{}", report.summary_line());
-    if let Some(v) = &report.violation {
-        println!("VIOLATION: {}: {}", v.invariant, v.detail);
-        return ExitCode::FAILURE;
-    }
-    println!("\nNo invariant broke. Try `cargo run --release -- sim --seeds 500` for the full check,");
-    println!("or `cargo run --release -- sim --inject-bug vote-twice --seeds 2000` to watch a planted bug get caught.");
-    ExitCode::SUCCESS
 }

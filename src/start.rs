@@ -102,7 +102,8 @@ fn parse_join(entries: &[String]) -> anyhow::Result<Vec<(NodeId, SocketAddr)>> {
         }
         let (id, addr) = match entry.split_once('=') {
             Some((id, addr)) => {
-                let id: u64 = id.trim().parse().with_context(|| format!("--join: bad node id in {entry:?}"))?;
+                let id: u64 =
+                    id.trim().parse().with_context(|| format!("--join: bad node id in {entry:?}"))?;
                 (id, addr)
             }
             None => (i as u64 + 1, entry),
@@ -135,7 +136,10 @@ fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
         let (k, v) = pair.split_once('=').with_context(|| format!("--labels: {pair:?} is not KEY=VALUE"))?;
         let (k, v) = (k.trim(), v.trim());
-        if k.is_empty() || v.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if k.is_empty()
+            || v.is_empty()
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             bail!("--labels: {pair:?} needs a non-empty KEY (letters, digits, _ and -) and VALUE");
         }
         labels.insert(k.to_string(), v.to_string());
@@ -147,8 +151,10 @@ impl StartArgs {
     pub fn settings(self) -> anyhow::Result<Settings> {
         let file: FileConfig = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("{} is not a valid node config", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{} is not a valid node config", path.display()))?
             }
             None => FileConfig::default(),
         };
@@ -175,7 +181,9 @@ impl StartArgs {
             (true, None) => TlsMode::Insecure,
             (false, Some(dir)) => TlsMode::Certs { dir },
             (true, Some(_)) => bail!("choose one of --insecure and --certs-dir"),
-            (false, None) => bail!("one of --insecure (development) or --certs-dir DIR (mutual TLS) is required"),
+            (false, None) => {
+                bail!("one of --insecure (development) or --certs-dir DIR (mutual TLS) is required")
+            }
         };
         let initial_ranges = self.initial_ranges.or(file.initial_ranges).unwrap_or(1);
         if initial_ranges == 0 || initial_ranges > INITIAL_RANGES_MAX {

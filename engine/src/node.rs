@@ -22,7 +22,12 @@ use crate::kv::{Command, CommandResult};
 use crate::raft::NodeId;
 use crate::storage::{NodeStorage, StorageError};
 use crate::store::{self, BatchSender, KvError, ReadOp, ReadResult, StoreConfig, StoreHandle};
-use crate::transport::{handler_fn, QuicConfig, QuicTransport, RaftBatch, TlsMode, Transport, TransportError};
+use crate::transport::{
+    handler_fn, QuicConfig, QuicTransport, RaftBatch, TlsMode, Transport, TransportError,
+};
+
+/// A forwarded request gives up after this; a write's outcome is then unknown.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Capacity of the channel from the transport to the driver.
 const INBOUND_BATCHES_MAX: usize = 4_096;
@@ -94,12 +99,14 @@ impl Node {
                 cfg.members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>()
             )));
         }
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| NodeError::Config(format!("cannot create data dir {}: {e}", cfg.data_dir.display())))?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            NodeError::Config(format!("cannot create data dir {}: {e}", cfg.data_dir.display()))
+        })?;
         let storage = NodeStorage::open(&cfg.data_dir.join("flotilla.redb"))?;
         storage.claim(cfg.id, &cfg.cluster_id)?;
 
-        let peers: Vec<(NodeId, SocketAddr)> = cfg.members.iter().copied().filter(|&(id, _)| id != cfg.id).collect();
+        let peers: Vec<(NodeId, SocketAddr)> =
+            cfg.members.iter().copied().filter(|&(id, _)| id != cfg.id).collect();
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<RaftBatch>(INBOUND_BATCHES_MAX);
         let store_slot: Arc<std::sync::OnceLock<StoreHandle>> = Arc::new(std::sync::OnceLock::new());
         let handler_store = store_slot.clone();
@@ -108,17 +115,25 @@ impl Node {
             async move {
                 let response = match (store, postcard::from_bytes::<KvRequest>(&payload)) {
                     (None, _) => KvResponse::Command(Err(KvError::Unavailable("node is starting".into()))),
-                    (Some(_), Err(e)) => KvResponse::Command(Err(KvError::Invalid(format!("bad request: {e}")))),
+                    (Some(_), Err(e)) => {
+                        KvResponse::Command(Err(KvError::Invalid(format!("bad request: {e}"))))
+                    }
                     (Some(store), Ok(KvRequest::Propose { range, command })) => {
                         KvResponse::Command(store.propose(range, command).await)
                     }
-                    (Some(store), Ok(KvRequest::Read { range, op })) => KvResponse::Read(store.read(range, op).await),
+                    (Some(store), Ok(KvRequest::Read { range, op })) => {
+                        KvResponse::Read(store.read(range, op).await)
+                    }
                 };
                 postcard::to_stdvec(&response).unwrap_or_default()
             }
         });
         let mut quic = QuicConfig::new(cfg.id, cfg.listen, cfg.cluster_id.clone(), cfg.tls.clone());
         quic.peers = peers.iter().copied().collect();
+        // A crashed peer's connection is noticed within the idle timeout; keep it close to the
+        // node-liveness window so that a restarted peer is reachable again quickly.
+        quic.keep_alive_interval = Duration::from_millis(300);
+        quic.idle_timeout = Duration::from_millis(1_500);
         let transport = Arc::new(QuicTransport::start(quic, inbound_tx, handler).await?);
 
         let sender = transport.clone();
@@ -150,7 +165,12 @@ impl Node {
     }
 
     /// Proposes `command` on `range` at `node` (this node or another, forwarded).
-    pub async fn propose_at(&self, node: NodeId, range: RangeId, command: Command) -> Result<CommandResult, KvError> {
+    pub async fn propose_at(
+        &self,
+        node: NodeId,
+        range: RangeId,
+        command: Command,
+    ) -> Result<CommandResult, KvError> {
         if node == self.id {
             return self.store.propose(range, command).await;
         }
@@ -174,9 +194,16 @@ impl Node {
     async fn forward(&self, node: NodeId, request: KvRequest) -> Result<KvResponse, KvError> {
         let is_write = matches!(request, KvRequest::Propose { .. });
         let payload = postcard::to_stdvec(&request).map_err(|e| KvError::Invalid(e.to_string()))?;
-        match self.transport.request(node, payload, Duration::from_secs(5)).await {
-            Ok(bytes) => postcard::from_bytes(&bytes).map_err(|e| KvError::Unknown(format!("bad response: {e}"))),
-            Err(e @ TransportError::Unreachable { .. }) => Err(KvError::Unavailable(format!("cannot reach {node}: {e}"))),
+        if self.store.peer_dead(node) {
+            return Err(KvError::Unavailable(format!("{node} is not responding")));
+        }
+        match self.transport.request(node, payload, FORWARD_TIMEOUT).await {
+            Ok(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|e| KvError::Unknown(format!("bad response: {e}")))
+            }
+            Err(e @ TransportError::Unreachable { .. }) => {
+                Err(KvError::Unavailable(format!("cannot reach {node}: {e}")))
+            }
             // Anything else may have happened after the leader got the write: its outcome is
             // unknown, and saying "failed" could be a lie.
             Err(e) if is_write => Err(KvError::Unknown(format!("forwarded write to {node}: {e}"))),

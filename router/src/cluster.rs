@@ -64,7 +64,12 @@ impl ClusterBackend {
         let mut hint: Option<NodeId> = None;
         let mut last_error = String::from("no leader elected yet");
         loop {
-            let leader = hint.take().or_else(|| self.node.store.leader_of(range));
+            // A leader on a node presumed dead is no leader: wait for the election instead of
+            // sending it requests that can only time out.
+            let leader = hint
+                .take()
+                .or_else(|| self.node.store.leader_of(range))
+                .filter(|&l| l == self.node.id || !self.node.store.peer_dead(l));
             if let Some(leader) = leader {
                 match attempt(leader).await {
                     Ok(value) => return Ok(value),

@@ -1036,11 +1036,13 @@ impl RawNode {
                 };
                 p.recent_active = true;
                 p.probe_sent = false;
-                if p.state == ProgressState::Replicate && p.inflight.len() >= self.cfg.max_inflight_msgs {
-                    // The follower is alive but the window is full: an append may have been
-                    // lost. Free one slot; if there is a gap the follower's rejection sends
-                    // us back to probing from its real position.
-                    p.inflight.pop_front();
+                let stalled = p.match_index < last_index && p.match_index == p.match_at_last_heartbeat;
+                p.match_at_last_heartbeat = p.match_index;
+                if p.state == ProgressState::Replicate && stalled {
+                    // The follower is alive, behind, and its match did not move for a whole
+                    // heartbeat interval: appends to it were lost (the network may drop
+                    // them, e.g. while the follower restarted). Resend from its match.
+                    p.become_probe();
                 }
                 p.read_seq_acked = p.read_seq_acked.max(read_seq.min(self.read_seq));
                 let behind = p.match_index < last_index;

@@ -37,6 +37,9 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest heartbeat round (read_seq) this follower acknowledged in the current term.
     pub read_seq_acked: u64,
+    /// `match_index` when the previous heartbeat response arrived: if a follower that is behind
+    /// answers two heartbeats without its match moving, appends to it were lost.
+    pub match_at_last_heartbeat: LogIndex,
 }
 
 impl Progress {
@@ -51,6 +54,7 @@ impl Progress {
             snapshot_sent_tick: 0,
             recent_active: false,
             read_seq_acked: 0,
+            match_at_last_heartbeat: LogIndex::ZERO,
         }
     }
 

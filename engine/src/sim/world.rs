@@ -280,6 +280,8 @@ pub struct World {
     next_ctx: u64,
     next_value: u64,
     healed: bool,
+    /// Convergence phase: no more client operations.
+    clients_stopped: bool,
     /// After the heal: per group, a proposal (index, term) made after the heal.
     liveness_probe: Vec<Option<(LogIndex, Term)>>,
     violation: Option<Violation>,
@@ -332,6 +334,7 @@ impl World {
             next_ctx: 1,
             next_value: 1,
             healed: false,
+            clients_stopped: false,
             liveness_probe: vec![None; groups],
             violation: None,
             opts,
@@ -404,6 +407,25 @@ impl World {
                         invariant: "liveness",
                         detail: format!(
                             "groups {stuck:?} committed no new proposal within {} ms after all faults healed",
+                            LIVENESS_BOUND_US / 1000
+                        ),
+                    });
+                }
+            }
+        }
+        if self.violation.is_none() {
+            // Convergence: with clients stopped, every member of every group catches up with
+            // its leader — including members that missed appends while down or cut off.
+            self.clients_stopped = true;
+            let deadline = self.now_us + LIVENESS_BOUND_US;
+            while self.violation.is_none() && !self.all_groups_converged() {
+                if self.now_us > deadline || !self.step_once() {
+                    let stuck: Vec<usize> =
+                        (0..self.checkers.len()).filter(|&g| !self.group_converged(g)).collect();
+                    self.violation = Some(Violation {
+                        invariant: "convergence",
+                        detail: format!(
+                            "groups {stuck:?}: replicas did not catch up with the leader within {} ms of quiet",
                             LIVENESS_BOUND_US / 1000
                         ),
                     });
@@ -820,6 +842,9 @@ impl World {
 
     fn on_client(&mut self) {
         let (lo, hi) = self.tuning.client_interval_us;
+        if self.clients_stopped {
+            return;
+        }
         let next = self.rng.range_inclusive(lo, hi);
         self.schedule(next, EventKind::Client);
         let g = self.rng.below(self.checkers.len() as u64) as usize;
@@ -1106,6 +1131,21 @@ impl World {
     fn group_live(&self, g: usize) -> bool {
         self.liveness_probe[g]
             .is_some_and(|(index, term)| self.checkers[g].committed_term(index) == Some(term))
+    }
+
+    fn group_converged(&self, g: usize) -> bool {
+        let Some(k) = self.leader_of(g) else { return false };
+        let leader = &self.nodes[k].live[g].raft;
+        let (commit, last) = (leader.commit_index(), leader.last_index());
+        commit == last
+            && leader.membership().members().into_iter().all(|id| {
+                let node = &self.nodes[(id.0 - 1) as usize];
+                node.up && node.live[g].sm.applied == commit
+            })
+    }
+
+    fn all_groups_converged(&self) -> bool {
+        (0..self.checkers.len()).all(|g| self.group_converged(g))
     }
 
     fn all_groups_live(&self) -> bool {

@@ -38,8 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::ids::RangeId;
 use crate::kv::{Command, CommandResult};
 use crate::raft::{
-    Config, EntryPayload, InitialState, LogIndex, Membership, Message, MessageBody, NodeId, RaftError, RawNode,
-    ReadMode, Role, Term,
+    Config, EntryPayload, InitialState, LogIndex, Membership, Message, MessageBody, NodeId, RaftError,
+    RawNode, ReadMode, Role, Term,
 };
 use crate::storage::{GroupRecord, NodeStorage, RangeDescriptor, StorageError};
 use crate::transport::wire::{HeartbeatEntry, HeartbeatResponseEntry, RaftBatch};
@@ -89,11 +89,11 @@ impl StoreConfig {
         StoreConfig {
             node_id,
             tick_interval: Duration::from_millis(50),
-            election_ticks: 20,
-            heartbeat_ticks: 3,
-            lease_drift_ticks: 4,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            lease_drift_ticks: 2,
             quiesce_idle_ticks: 40,
-            peer_dead_after: Duration::from_millis(2_000),
+            peer_dead_after: Duration::from_millis(1_000),
             log_retain_entries: 1_000,
         }
     }
@@ -145,6 +145,9 @@ pub struct RangeStatus {
     pub applied: u64,
     pub commit: u64,
     pub quiesced: bool,
+    /// Leader only: each member's replication state, for diagnosis.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub progress: String,
 }
 
 /// What the driver publishes for observers.
@@ -152,6 +155,8 @@ pub struct RangeStatus {
 pub struct StoreStatus {
     pub node_id: u64,
     pub ranges: Vec<RangeStatus>,
+    /// Peers presumed dead (silent for longer than `peer_dead_after`).
+    pub dead_peers: Vec<u64>,
     pub fatal: Option<String>,
 }
 
@@ -180,6 +185,11 @@ impl StoreHandle {
     pub fn leader_of(&self, range: RangeId) -> Option<NodeId> {
         let status = self.status.lock().ok()?;
         status.ranges.iter().find(|r| r.id == range.0).and_then(|r| r.leader).map(NodeId)
+    }
+
+    /// Whether this node presumes `peer` dead (node liveness).
+    pub fn peer_dead(&self, peer: NodeId) -> bool {
+        self.status.lock().is_ok_and(|s| s.dead_peers.contains(&peer.0))
     }
 
     /// Hands a batch from a peer to the driver; dropped if the driver is overloaded (Raft
@@ -223,14 +233,19 @@ impl StoreHandle {
     }
 }
 
-/// Splits the keyspace into `count` ranges by the first two key bytes.
+/// Splits the keyspace into `count` ranges. Boundaries are spread evenly over two-byte
+/// prefixes from `0x2100` ("!") to `0x7f00` (DEL), where printable keys live, so that text keys
+/// (what Redis clients write) land in every range; the first range also takes everything
+/// below, the last everything above.
 pub fn initial_ranges(count: u32, replicas: &[NodeId]) -> Vec<RangeDescriptor> {
+    const LOW: u64 = 0x2100;
+    const HIGH: u64 = 0x7f00;
     let count = count.max(1);
     let boundary = |i: u32| -> Vec<u8> {
         if i == 0 || i == count {
             return Vec::new();
         }
-        let point = (u64::from(i) << 16) / u64::from(count);
+        let point = LOW + (u64::from(i) * (HIGH - LOW)) / u64::from(count);
         vec![(point >> 8) as u8, point as u8]
     };
     (0..count)
@@ -280,7 +295,10 @@ pub fn start(
             round.put_range(desc).map_err(storage_err)?;
             round.append(desc.id, &initial.entries).map_err(storage_err)?;
             round
-                .put_group(desc.id, &GroupRecord { hard_state: initial.hard_state, snapshot: None, applied: LogIndex::ZERO })
+                .put_group(
+                    desc.id,
+                    &GroupRecord { hard_state: initial.hard_state, snapshot: None, applied: LogIndex::ZERO },
+                )
                 .map_err(storage_err)?;
         }
         round.commit().map_err(storage_err)?;
@@ -288,10 +306,9 @@ pub fn start(
     }
     let mut groups = BTreeMap::new();
     for desc in &ranges {
-        let (initial, record) = storage
-            .load_group(desc.id)
-            .map_err(storage_err)?
-            .ok_or_else(|| KvError::Storage(format!("range {} has a descriptor but no Raft state", desc.id)))?;
+        let (initial, record) = storage.load_group(desc.id).map_err(storage_err)?.ok_or_else(|| {
+            KvError::Storage(format!("range {} has a descriptor but no Raft state", desc.id))
+        })?;
         let seed = cfg.node_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ desc.id.0;
         let raft = RawNode::new(cfg.raft_config(), initial, seed)
             .map_err(|e: RaftError| KvError::Storage(format!("range {}: {e}", desc.id)))?;
@@ -474,7 +491,11 @@ impl Driver {
             .collect();
         for peer in dead {
             if self.peers_dead.insert(peer) {
-                tracing::warn!(node = self.cfg.node_id.0, peer = peer.0, "peer presumed dead; waking the groups it led");
+                tracing::warn!(
+                    node = self.cfg.node_id.0,
+                    peer = peer.0,
+                    "peer presumed dead; waking the groups it led"
+                );
                 let led: Vec<RangeId> = self
                     .groups
                     .iter()
@@ -601,8 +622,10 @@ impl Driver {
         // produces another ready: loop until quiet, each iteration one transaction.
         for _ in 0..4 {
             let touched: Vec<RangeId> = std::mem::take(&mut self.touched).into_iter().collect();
-            let ready_groups: Vec<RangeId> =
-                touched.into_iter().filter(|r| self.groups.get(r).is_some_and(|g| g.raft.has_ready())).collect();
+            let ready_groups: Vec<RangeId> = touched
+                .into_iter()
+                .filter(|r| self.groups.get(r).is_some_and(|g| g.raft.has_ready()))
+                .collect();
             if ready_groups.is_empty() {
                 break;
             }
@@ -748,7 +771,8 @@ impl Driver {
             if let Ok(meta) = g.raft.compact(applied, data) {
                 g.record.snapshot = Some(meta.clone());
                 if let Ok(mut round) = self.storage.begin_round() {
-                    let ok = round.put_group(range, &g.record).is_ok() && round.truncate_prefix(range, meta.index).is_ok();
+                    let ok = round.put_group(range, &g.record).is_ok()
+                        && round.truncate_prefix(range, meta.index).is_ok();
                     if ok {
                         let _ = round.commit_with(false);
                     }
@@ -805,11 +829,13 @@ impl Driver {
                     applied: g.record.applied.0,
                     commit: st.commit.0,
                     quiesced: g.quiesced,
+                    progress: g.raft.progress_summary(),
                 }
             })
             .collect();
         if let Ok(mut s) = self.status.lock() {
             s.ranges = ranges;
+            s.dead_peers = self.peers_dead.iter().map(|p| p.0).collect();
         }
     }
 }

@@ -44,7 +44,8 @@ impl TestCluster {
                 }
             });
             let peers = ids.iter().copied().filter(|&p| p != id).collect();
-            let (handle, _thread) = start(cfg, NodeStorage::in_memory().unwrap(), &bootstrap, peers, send).unwrap();
+            let (handle, _thread) =
+                start(cfg, NodeStorage::in_memory().unwrap(), &bootstrap, peers, send).unwrap();
             slots.lock().unwrap()[(id.0 - 1) as usize] = Some(handle.clone());
             handles.push(handle);
         }
@@ -63,9 +64,9 @@ impl TestCluster {
     }
 
     fn leader(&self, range: RangeId) -> Option<usize> {
-        self.handles.iter().position(|h| {
-            h.status().ranges.iter().any(|r| r.id == range.0 && r.role == "leader")
-        })
+        self.handles
+            .iter()
+            .position(|h| h.status().ranges.iter().any(|r| r.id == range.0 && r.role == "leader"))
     }
 
     fn wait_leader(&self, range: RangeId) -> usize {
@@ -85,7 +86,8 @@ impl TestCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let k = self.wait_leader(range);
-            let command = Command::Put { key: key.to_vec(), value: value.to_vec(), condition: SetCondition::Always };
+            let command =
+                Command::Put { key: key.to_vec(), value: value.to_vec(), condition: SetCondition::Always };
             match self.runtime.block_on(self.handles[k].propose(range, command)) {
                 Ok(result) => return result,
                 Err(e) => assert!(Instant::now() < deadline, "write never succeeded: {e}"),
@@ -189,7 +191,8 @@ fn a_dead_leader_of_quiesced_groups_is_replaced() {
             *k != old && h.status().ranges.iter().any(|r| r.id == range.0 && r.role == "leader")
         });
         if let Some((k, _)) = new_leader {
-            let command = Command::Put { key: b"k".to_vec(), value: b"v2".to_vec(), condition: SetCondition::Always };
+            let command =
+                Command::Put { key: b"k".to_vec(), value: b"v2".to_vec(), condition: SetCondition::Always };
             if c.runtime.block_on(c.handles[k].propose(range, command)).is_ok() {
                 break;
             }

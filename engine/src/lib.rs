@@ -13,7 +13,7 @@ pub mod kv;
 pub mod node;
 pub mod raft;
 pub mod rng;
-pub mod transport;
 pub mod sim;
 pub mod storage;
 pub mod store;
+pub mod transport;

@@ -106,9 +106,14 @@ impl Command {
             Command::IncrBy { key, delta } => {
                 let current = match round.get(key)? {
                     None => 0,
-                    Some(bytes) => match std::str::from_utf8(&bytes).ok().and_then(|s| s.parse::<i64>().ok()) {
+                    Some(bytes) => match std::str::from_utf8(&bytes).ok().and_then(|s| s.parse::<i64>().ok())
+                    {
                         Some(v) => v,
-                        None => return Ok(CommandResult::Rejected("value is not an integer or out of range".into())),
+                        None => {
+                            return Ok(CommandResult::Rejected(
+                                "value is not an integer or out of range".into(),
+                            ))
+                        }
                     },
                 };
                 match current.checked_add(*delta) {

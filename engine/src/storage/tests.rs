@@ -66,9 +66,16 @@ fn prefix_truncation_and_snapshot_record() {
         let r = RangeId(1);
         let mut round = s.begin_round().unwrap();
         round.append(r, &(1..=10).map(|i| entry(i, 1, b"e")).collect::<Vec<_>>()).unwrap();
-        let meta = SnapshotMeta { index: LogIndex(6), term: Term(1), membership: Membership::with_voters([NodeId(1)]) };
+        let meta = SnapshotMeta {
+            index: LogIndex(6),
+            term: Term(1),
+            membership: Membership::with_voters([NodeId(1)]),
+        };
         round
-            .put_group(r, &GroupRecord { snapshot: Some(meta.clone()), applied: LogIndex(6), ..GroupRecord::default() })
+            .put_group(
+                r,
+                &GroupRecord { snapshot: Some(meta.clone()), applied: LogIndex(6), ..GroupRecord::default() },
+            )
             .unwrap();
         round.truncate_prefix(r, LogIndex(6)).unwrap();
         round.commit().unwrap();
@@ -115,7 +122,12 @@ fn uncommitted_round_leaves_no_trace() {
 #[test]
 fn snapshot_of_a_range_installs_elsewhere() {
     each_backend(|name, s| {
-        let desc = RangeDescriptor { id: RangeId(4), start: b"b".to_vec(), end: b"d".to_vec(), replicas: vec![NodeId(1)] };
+        let desc = RangeDescriptor {
+            id: RangeId(4),
+            start: b"b".to_vec(),
+            end: b"d".to_vec(),
+            replicas: vec![NodeId(1)],
+        };
         let mut round = s.begin_round().unwrap();
         for k in [&b"a"[..], b"b", b"c1", b"c2", b"d"] {
             round.put(k, k).unwrap();
@@ -131,7 +143,8 @@ fn snapshot_of_a_range_installs_elsewhere() {
         round.put(b"bz", b"stale").unwrap();
         round.put(b"z", b"outside").unwrap();
         round.commit().unwrap();
-        let meta = SnapshotMeta { index: applied, term: Term(2), membership: Membership::with_voters([NodeId(1)]) };
+        let meta =
+            SnapshotMeta { index: applied, term: Term(2), membership: Membership::with_voters([NodeId(1)]) };
         let mut round = target.begin_round().unwrap();
         let installed = round.install_snapshot(desc.id, &Snapshot { meta, data }).unwrap();
         round.commit().unwrap();
@@ -173,8 +186,9 @@ fn file_storage_survives_reopen() {
 #[test]
 fn group_commit_is_one_fsync_per_round_whatever_the_group_count() {
     let faults = Arc::new(Faults::default());
-    let s = NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
-        .unwrap();
+    let s =
+        NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
+            .unwrap();
     let before = faults.syncs();
     let mut round = s.begin_round().unwrap();
     for g in 1..=500u64 {
@@ -197,8 +211,9 @@ fn group_commit_is_one_fsync_per_round_whatever_the_group_count() {
 #[test]
 fn failed_fsync_poisons_the_store() {
     let faults = Arc::new(Faults::default());
-    let s = NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
-        .unwrap();
+    let s =
+        NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
+            .unwrap();
     let mut round = s.begin_round().unwrap();
     round.put(b"before", b"1").unwrap();
     round.commit().unwrap();
@@ -215,8 +230,9 @@ fn failed_fsync_poisons_the_store() {
 #[test]
 fn full_disk_is_a_clear_error_and_loses_nothing_committed() {
     let faults = Arc::new(Faults::default());
-    let s = NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
-        .unwrap();
+    let s =
+        NodeStorage::with_backend(FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults.clone()))
+            .unwrap();
     let mut round = s.begin_round().unwrap();
     round.put(b"kept", b"yes").unwrap();
     round.commit().unwrap();

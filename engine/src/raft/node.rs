@@ -300,6 +300,8 @@ pub struct RawNode {
     progress: BTreeMap<NodeId, Progress>,
     /// (Pre-)candidate only: answers received.
     votes: BTreeMap<NodeId, bool>,
+    /// The tick at which this node last heard from a leader of its term.
+    leader_contact_tick: Option<u64>,
     /// Started from durable state with a non-zero term (a restart, not a new group).
     restarted: bool,
     /// Monotonic count of ticks since start; the lease's clock.
@@ -381,6 +383,7 @@ impl RawNode {
             pending_snapshot: None,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
+            leader_contact_tick: None,
             restarted: initial.hard_state.term > BOOTSTRAP_TERM || initial.hard_state.vote.is_some(),
             ticks: 0,
             election_elapsed: 0,
@@ -482,7 +485,8 @@ impl RawNode {
 
     /// Whether a leader's group is idle and fully replicated, so the host may stop ticking it
     /// (quiescence): everything committed and matched by every member, no transfer, no pending
-    /// reads, nothing left to send.
+    /// reads, no entries waiting to be broadcast. (Pending heartbeats do not count: they carry
+    /// nothing a quiesced follower needs.)
     pub fn is_quiescent(&self) -> bool {
         self.role == Role::Leader
             && self.committed_in_term()
@@ -491,7 +495,6 @@ impl RawNode {
             && self.pending_reads.is_empty()
             && self.reads_waiting_commit.is_empty()
             && !self.broadcast_pending
-            && self.messages.is_empty()
             && self.progress.values().all(|p| p.match_index == self.log.last_index())
     }
 
@@ -827,10 +830,20 @@ impl RawNode {
     /// timeout. A freshly (re)started node also waits one election timeout before voting: it
     /// may have acknowledged a heartbeat just before it crashed, and a leader's lease counts on
     /// that acknowledgement.
+    ///
+    /// It is measured from the last contact with a leader, not from `self.leader`: a node that
+    /// was told to campaign (and cleared its leader) must still not help depose a leader whose
+    /// lease may count on this node's recent acknowledgement.
     fn in_leader_lease(&self) -> bool {
-        self.cfg.check_quorum
-            && self.election_elapsed < self.cfg.election_ticks
-            && (self.leader.is_some() || (self.restarted && self.ticks < u64::from(self.cfg.election_ticks)))
+        if !self.cfg.check_quorum {
+            return false;
+        }
+        if self.role == Role::Leader {
+            return true;
+        }
+        let window = u64::from(self.cfg.election_ticks);
+        let heard_recently = self.leader_contact_tick.is_some_and(|t| self.ticks < t + window);
+        heard_recently || (self.restarted && self.ticks < window)
     }
 
     /// Starts an election: with pre-vote enabled a pre-vote round first, unless this is a
@@ -911,8 +924,11 @@ impl RawNode {
                 self.become_follower(self.term, Some(from));
                 self.step_follower(from, body);
             }
+            // A grant carries the term asked about; a refusal carries the voter's own term,
+            // which may equal ours (the voter is not behind us) — it still counts as a "no".
             MessageBody::PreVoteResponse { reject }
-                if self.role == Role::PreCandidate && term == self.term.next() =>
+                if self.role == Role::PreCandidate
+                    && (term == self.term.next() || (reject && term == self.term)) =>
             {
                 self.votes.entry(from).or_insert(!reject);
                 self.tally_votes();
@@ -1106,7 +1122,8 @@ impl RawNode {
                 ProgressState::Probe => rejected != p.next_index.prev(),
                 ProgressState::Snapshot => true,
             };
-        if stale || rejected == LogIndex::ZERO {
+        // A rejection of an index we never sent (beyond our log) is forged or corrupt.
+        if stale || rejected == LogIndex::ZERO || rejected > self.log.last_index() {
             return;
         }
         let mut next = hint_index;
@@ -1149,6 +1166,13 @@ impl RawNode {
         let next = p.next_index;
         let prev_index = next.prev();
         let last_index = self.log.last_index();
+        if next > last_index.next() {
+            // Cannot happen through honest messages; repair rather than send nonsense.
+            if let Some(p) = self.progress.get_mut(&to) {
+                p.next_index = last_index.next();
+            }
+            return false;
+        }
         let prev_term = self.log.term(prev_index);
         let entries = match prev_term {
             Some(_) => self.log.slice(next, last_index, self.cfg.max_msg_entries, self.cfg.max_msg_bytes),
@@ -1156,7 +1180,11 @@ impl RawNode {
         };
         match (prev_term, entries) {
             (Some(prev_term), Ok(entries)) => {
-                if entries.is_empty() && !allow_empty {
+                // A probe goes out even without entries: the follower's answer (or rejection
+                // with hints) is how the leader finds where its log ends — e.g. for a member
+                // just added with `next` past the end of the leader's log.
+                let probing = self.progress.get(&to).is_some_and(|p| p.state == ProgressState::Probe);
+                if entries.is_empty() && !allow_empty && !probing {
                     return false;
                 }
                 let last = entries.last().map(|e| e.index);
@@ -1326,11 +1354,13 @@ impl RawNode {
             MessageBody::Append { prev_index, prev_term, entries, commit } => {
                 self.leader = Some(from);
                 self.election_elapsed = 0;
+                self.leader_contact_tick = Some(self.ticks);
                 self.handle_append(from, prev_index, prev_term, &entries, commit);
             }
             MessageBody::Heartbeat { commit, read_seq } => {
                 self.leader = Some(from);
                 self.election_elapsed = 0;
+                self.leader_contact_tick = Some(self.ticks);
                 let commit = commit.min(self.log.last_index());
                 self.log.commit_to(commit);
                 self.send(from, MessageBody::HeartbeatResponse { read_seq });
@@ -1338,6 +1368,7 @@ impl RawNode {
             MessageBody::InstallSnapshot { snapshot } => {
                 self.leader = Some(from);
                 self.election_elapsed = 0;
+                self.leader_contact_tick = Some(self.ticks);
                 self.handle_snapshot(from, snapshot);
             }
             MessageBody::TimeoutNow => self.campaign(true),

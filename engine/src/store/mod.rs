@@ -395,7 +395,10 @@ impl Driver {
                 return;
             }
             self.flush_outbox();
-            if self.status_published.elapsed() >= Duration::from_millis(100) {
+            // Publishing walks every group: every 100 ms for small nodes, less often for nodes
+            // with thousands of (mostly idle) groups.
+            let publish_every = Duration::from_millis(100 + self.groups.len() as u64 / 10);
+            if self.status_published.elapsed() >= publish_every {
                 self.publish_status();
             }
         }
@@ -718,7 +721,7 @@ impl Driver {
             }
         }
         self.serve_reads();
-        self.maybe_compact();
+        self.maybe_compact(ready_groups);
         Ok(())
     }
 
@@ -753,9 +756,12 @@ impl Driver {
         }
     }
 
-    fn maybe_compact(&mut self) {
+    /// Compacts the logs of the groups this round touched, once `2 × log_retain_entries` have
+    /// been applied since their last snapshot.
+    fn maybe_compact(&mut self, touched: &[RangeId]) {
         let retain = self.cfg.log_retain_entries;
-        for (&range, g) in self.groups.iter_mut() {
+        for &range in touched {
+            let Some(g) = self.groups.get_mut(&range) else { continue };
             let applied = g.record.applied;
             if applied.0 < g.raft.snapshot_index().0 + 2 * retain || applied.0 <= retain {
                 continue;

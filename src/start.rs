@@ -280,7 +280,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
             // Stop when the driver reports a fatal storage failure.
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(reason) = watch.store.status().fatal {
+                if let Some(reason) = watch.store.fatal() {
                     return reason;
                 }
             }

@@ -160,11 +160,20 @@ pub struct StoreStatus {
     pub fatal: Option<String>,
 }
 
+/// What the driver shares with clients for routing: small, read on every request.
+#[derive(Debug, Default)]
+struct Routing {
+    leaders: HashMap<RangeId, NodeId>,
+    dead_peers: BTreeSet<NodeId>,
+    fatal: Option<String>,
+}
+
 /// The handle clients use; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Input>,
     status: Arc<Mutex<StoreStatus>>,
+    routing: Arc<Mutex<Routing>>,
     ranges: Arc<Vec<RangeDescriptor>>,
 }
 
@@ -183,13 +192,17 @@ impl StoreHandle {
 
     /// The leader this node believes `range` has.
     pub fn leader_of(&self, range: RangeId) -> Option<NodeId> {
-        let status = self.status.lock().ok()?;
-        status.ranges.iter().find(|r| r.id == range.0).and_then(|r| r.leader).map(NodeId)
+        self.routing.lock().ok()?.leaders.get(&range).copied()
+    }
+
+    /// Why the node stopped, if a storage failure stopped it.
+    pub fn fatal(&self) -> Option<String> {
+        self.routing.lock().ok()?.fatal.clone()
     }
 
     /// Whether this node presumes `peer` dead (node liveness).
     pub fn peer_dead(&self, peer: NodeId) -> bool {
-        self.status.lock().is_ok_and(|s| s.dead_peers.contains(&peer.0))
+        self.routing.lock().is_ok_and(|r| r.dead_peers.contains(&peer))
     }
 
     /// Hands a batch from a peer to the driver; dropped if the driver is overloaded (Raft
@@ -316,7 +329,8 @@ pub fn start(
     }
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let status = Arc::new(Mutex::new(StoreStatus { node_id: cfg.node_id.0, ..StoreStatus::default() }));
-    let handle = StoreHandle { tx, status: status.clone(), ranges: Arc::new(ranges) };
+    let routing = Arc::new(Mutex::new(Routing::default()));
+    let handle = StoreHandle { tx, status: status.clone(), routing: routing.clone(), ranges: Arc::new(ranges) };
     let now = Instant::now();
     let mut driver = Driver {
         awake: groups.keys().copied().collect(),
@@ -325,6 +339,7 @@ pub fn start(
         send,
         rx,
         status,
+        routing,
         proposals: HashMap::new(),
         reads: BTreeMap::new(),
         next_ctx: 1,
@@ -337,6 +352,9 @@ pub fn start(
         outbox: BTreeMap::new(),
         liveness_ticks: 0,
         status_published: now,
+        status_dirty: BTreeSet::new(),
+        status_cache: BTreeMap::new(),
+        status_dead: Vec::new(),
         cfg,
     };
     let thread = std::thread::Builder::new()
@@ -355,6 +373,7 @@ struct Driver {
     send: BatchSender,
     rx: mpsc::Receiver<Input>,
     status: Arc<Mutex<StoreStatus>>,
+    routing: Arc<Mutex<Routing>>,
     /// (range, index) → (term proposed in, reply).
     proposals: HashMap<(RangeId, LogIndex), (Term, Reply<CommandResult>)>,
     reads: BTreeMap<u64, PendingRead>,
@@ -369,6 +388,10 @@ struct Driver {
     outbox: BTreeMap<NodeId, RaftBatch>,
     liveness_ticks: u32,
     status_published: Instant,
+    /// Groups whose published status may be stale.
+    status_dirty: BTreeSet<RangeId>,
+    status_cache: BTreeMap<RangeId, RangeStatus>,
+    status_dead: Vec<u64>,
 }
 
 impl Driver {
@@ -389,7 +412,10 @@ impl Driver {
                 let text = format!("storage failure, node stopping: {e}");
                 tracing::error!(node = self.cfg.node_id.0, "{text}");
                 if let Ok(mut s) = self.status.lock() {
-                    s.fatal = Some(text);
+                    s.fatal = Some(text.clone());
+                }
+                if let Ok(mut r) = self.routing.lock() {
+                    r.fatal = Some(text);
                 }
                 self.fail_everything(KvError::Storage(e.to_string()));
                 return;
@@ -463,6 +489,7 @@ impl Driver {
         g.quiesced = true;
         g.idle_ticks = 0;
         self.awake.remove(&range);
+        self.status_dirty.insert(range);
         let term = g.raft.term();
         let members: Vec<NodeId> = g.raft.membership().members().into_iter().collect();
         for peer in members {
@@ -480,6 +507,7 @@ impl Driver {
             g.idle_ticks = 0;
             g.raft.reset_lease();
             self.awake.insert(range);
+            self.status_dirty.insert(range);
             metrics::gauge!("flotilla_ranges_quiesced").decrement(1.0);
         }
     }
@@ -549,10 +577,13 @@ impl Driver {
             messages.push((hr.range, Message { from, to: me, term: hr.term, body }));
         }
         for (range, message) in messages {
-            if !self.groups.contains_key(&range) {
-                continue;
+            let Some(g) = self.groups.get(&range) else { continue };
+            // Heartbeats of the current term (late ones, or acknowledgements of the round just
+            // before quiescing) carry nothing that needs ticking: they do not wake a group.
+            let heartbeat = matches!(message.body, MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. });
+            if !(heartbeat && message.term == g.raft.term()) {
+                self.wake(range);
             }
-            self.wake(range);
             let Some(g) = self.groups.get_mut(&range) else { continue };
             if let Err(e) = g.raft.step(message) {
                 tracing::warn!(node = me.0, range = range.0, peer = from.0, "rejected message: {e}");
@@ -565,6 +596,7 @@ impl Driver {
                 if g.raft.term() == term && g.raft.leader() == Some(from) && g.raft.role() == Role::Follower {
                     g.quiesced = true;
                     self.awake.remove(&range);
+                    self.status_dirty.insert(range);
                 }
             }
         }
@@ -624,6 +656,7 @@ impl Driver {
         // A leader's commit can move in `advance()` (its own entries became durable), which
         // produces another ready: loop until quiet, each iteration one transaction.
         for _ in 0..4 {
+            self.status_dirty.extend(self.touched.iter().copied());
             let touched: Vec<RangeId> = std::mem::take(&mut self.touched).into_iter().collect();
             let ready_groups: Vec<RangeId> = touched
                 .into_iter()
@@ -816,32 +849,53 @@ impl Driver {
         }
     }
 
+    /// Refreshes the published status of the groups that changed since the last publish; an
+    /// idle node (every group quiesced) does no work here at all.
     fn publish_status(&mut self) {
         self.status_published = Instant::now();
+        let dead: Vec<u64> = self.peers_dead.iter().map(|p| p.0).collect();
+        if self.status_dirty.is_empty() && self.status_cache.len() == self.groups.len() && dead == self.status_dead {
+            return;
+        }
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        let ranges = self
-            .groups
-            .values()
-            .map(|g| {
-                let st = g.raft.status();
-                RangeStatus {
-                    id: g.desc.id.0,
-                    start: hex(&g.desc.start),
-                    end: hex(&g.desc.end),
-                    term: st.term.0,
-                    leader: st.leader.map(|l| l.0),
-                    role: format!("{:?}", st.role).to_lowercase(),
-                    replicas: st.membership.all_voters().into_iter().map(|n| n.0).collect(),
-                    applied: g.record.applied.0,
-                    commit: st.commit.0,
-                    quiesced: g.quiesced,
-                    progress: g.raft.progress_summary(),
-                }
-            })
-            .collect();
+        let refresh: Vec<RangeId> = if self.status_cache.len() == self.groups.len() {
+            std::mem::take(&mut self.status_dirty).into_iter().collect()
+        } else {
+            self.status_dirty.clear();
+            self.groups.keys().copied().collect()
+        };
+        for range in refresh {
+            let Some(g) = self.groups.get(&range) else { continue };
+            let st = g.raft.status();
+            let entry = RangeStatus {
+                id: g.desc.id.0,
+                start: hex(&g.desc.start),
+                end: hex(&g.desc.end),
+                term: st.term.0,
+                leader: st.leader.map(|l| l.0),
+                role: format!("{:?}", st.role).to_lowercase(),
+                replicas: st.membership.all_voters().into_iter().map(|n| n.0).collect(),
+                applied: g.record.applied.0,
+                commit: st.commit.0,
+                quiesced: g.quiesced,
+                progress: g.raft.progress_summary(),
+            };
+            if let Ok(mut r) = self.routing.lock() {
+                match st.leader {
+                    Some(l) => r.leaders.insert(range, l),
+                    None => r.leaders.remove(&range),
+                };
+            }
+            self.status_cache.insert(range, entry);
+        }
+        if let Ok(mut r) = self.routing.lock() {
+            r.dead_peers = self.peers_dead.clone();
+        }
+        self.status_dead = dead.clone();
+        let ranges: Vec<RangeStatus> = self.status_cache.values().cloned().collect();
         if let Ok(mut s) = self.status.lock() {
             s.ranges = ranges;
-            s.dead_peers = self.peers_dead.iter().map(|p| p.0).collect();
+            s.dead_peers = dead;
         }
     }
 }

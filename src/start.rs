@@ -73,6 +73,8 @@ struct FileConfig {
     certs_dir: Option<PathBuf>,
     initial_ranges: Option<u32>,
     tick_ms: Option<u64>,
+    /// `false` keeps idle groups ticking and heartbeating (for measurements).
+    quiesce: Option<bool>,
 }
 
 /// Everything validated.
@@ -195,6 +197,9 @@ impl StartArgs {
                 bail!("tick_ms must be between 1 and 1000");
             }
             store.tick_interval = Duration::from_millis(ms);
+        }
+        if file.quiesce == Some(false) {
+            store.quiesce_idle_ticks = u32::MAX;
         }
         for (what, addr) in [("--resp", resp), ("--http", http)] {
             if addr == listen {

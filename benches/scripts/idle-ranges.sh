@@ -6,6 +6,7 @@
 set -euo pipefail
 BIN=${BIN:-target/release/flotilla}
 [ -x "$BIN" ] || { echo "no binary at $BIN (cargo build --release first)"; exit 2; }
+QUIESCE=${QUIESCE:-1}  # QUIESCE=0 keeps every group ticking and heartbeating
 SETTLE=${SETTLE:-20}   # seconds to let elections finish and groups quiesce
 WINDOW=${WINDOW:-20}   # seconds measured
 CLK=$(getconf CLK_TCK)
@@ -18,11 +19,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 printf "%-8s %-14s %-14s %-12s %-12s %-10s\n" ranges batches/s/node heartbeats/s quiesced cpu%/node rss_MiB
 for R in "${ranges_list[@]}"; do
-  D=$(mktemp -d); pids=()
+  D=$(mktemp -d); pids=(); extra=()
+  if [ "$QUIESCE" = 0 ]; then echo "quiesce = false" > "$D/node.toml"; extra=(--config "$D/node.toml"); fi
   for i in 1 2 3; do
     "$BIN" start --id $i --data-dir "$D/n$i" --listen 127.0.0.$i:7000 --resp 127.0.0.$i:6379 \
       --http 127.0.0.$i:8080 --join 127.0.0.1:7000,127.0.0.2:7000,127.0.0.3:7000 --insecure \
-      --initial-ranges "$R" >"$D/n$i.log" 2>&1 &
+      --initial-ranges "$R" "${extra[@]}" >"$D/n$i.log" 2>&1 &
     pids+=($!); disown $! 2>/dev/null || true
   done
   trap 'kill -9 "${pids[@]}" 2>/dev/null; rm -rf "$D"' EXIT

@@ -716,6 +716,13 @@ impl Driver {
             metrics::histogram!("flotilla_storage_entries_per_fsync").record(entries_written as f64);
         }
         metrics::counter!("flotilla_raft_entries_applied_total").increment(applied_results.len() as u64);
+        let lag = ready_groups
+            .iter()
+            .filter_map(|r| self.groups.get(r))
+            .map(|g| g.raft.commit_index().0.saturating_sub(g.record.applied.0))
+            .max()
+            .unwrap_or(0);
+        metrics::gauge!("flotilla_raft_apply_lag_entries").set(lag as f64);
 
         // The round is durable: now messages may leave, and clients may hear back.
         for (range, index, term, result) in applied_results {

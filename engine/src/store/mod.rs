@@ -330,7 +330,8 @@ pub fn start(
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let status = Arc::new(Mutex::new(StoreStatus { node_id: cfg.node_id.0, ..StoreStatus::default() }));
     let routing = Arc::new(Mutex::new(Routing::default()));
-    let handle = StoreHandle { tx, status: status.clone(), routing: routing.clone(), ranges: Arc::new(ranges) };
+    let handle =
+        StoreHandle { tx, status: status.clone(), routing: routing.clone(), ranges: Arc::new(ranges) };
     let now = Instant::now();
     let mut driver = Driver {
         awake: groups.keys().copied().collect(),
@@ -580,7 +581,8 @@ impl Driver {
             let Some(g) = self.groups.get(&range) else { continue };
             // Heartbeats of the current term (late ones, or acknowledgements of the round just
             // before quiescing) carry nothing that needs ticking: they do not wake a group.
-            let heartbeat = matches!(message.body, MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. });
+            let heartbeat =
+                matches!(message.body, MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. });
             if !(heartbeat && message.term == g.raft.term()) {
                 self.wake(range);
             }
@@ -861,7 +863,10 @@ impl Driver {
     fn publish_status(&mut self) {
         self.status_published = Instant::now();
         let dead: Vec<u64> = self.peers_dead.iter().map(|p| p.0).collect();
-        if self.status_dirty.is_empty() && self.status_cache.len() == self.groups.len() && dead == self.status_dead {
+        if self.status_dirty.is_empty()
+            && self.status_cache.len() == self.groups.len()
+            && dead == self.status_dead
+        {
             return;
         }
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();

@@ -12,7 +12,7 @@ mod start;
 
 use clap::{Parser, Subcommand};
 use flotilla_engine::raft::PlantedBug;
-use flotilla_engine::sim::{run_seed, SeedReport, SimOptions, Stats};
+use flotilla_engine::sim::{run_node_seed, run_seed, NodeSimOptions, SeedReport, SimOptions, Stats};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,6 +91,11 @@ struct SimArgs {
     /// Only print totals and violations, not one line per seed.
     #[arg(long)]
     quiet: bool,
+    /// What to simulate: `raft` (Raft groups, the protocol) or `node` (whole nodes: the
+    /// multi-Raft host with redb on a disk that loses unsynced writes; --groups is the number
+    /// of ranges).
+    #[arg(long, default_value = "raft", value_parser = ["raft", "node"])]
+    level: String,
 }
 
 fn parse_nodes(s: &str) -> Result<usize, String> {
@@ -163,8 +168,8 @@ fn sim(args: &SimArgs) -> ExitCode {
     };
     let replay = |seed: u64| {
         let mut cmd = format!(
-            "flotilla sim --seed {seed} --seeds 1 --nodes {} --groups {} --steps {}",
-            args.nodes, args.groups, args.steps
+            "flotilla sim --level {} --seed {seed} --seeds 1 --nodes {} --groups {} --steps {}",
+            args.level, args.nodes, args.groups, args.steps
         );
         if let Some(bug) = args.inject_bug {
             cmd.push_str(&format!(" --inject-bug {}", bug.name()));
@@ -186,7 +191,14 @@ fn sim(args: &SimArgs) -> ExitCode {
                 if k >= args.seeds || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let report = run_seed(args.seed.wrapping_add(k), opts);
+                let seed = args.seed.wrapping_add(k);
+                let report = if args.level == "node" {
+                    let node_opts =
+                        NodeSimOptions { nodes: opts.nodes, ranges: opts.groups as u32, steps: opts.steps };
+                    run_node_seed(seed, &node_opts)
+                } else {
+                    run_seed(seed, opts)
+                };
                 if tx.send((k, report)).is_err() {
                     break;
                 }

@@ -81,3 +81,17 @@ fn sim_rejects_bad_arguments_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: vote-twice"));
 }
+
+#[test]
+fn sim_whole_nodes_run_clean_and_replay_identically() {
+    let args = ["sim", "--level", "node", "--seeds", "6", "--groups", "3", "--steps", "8000"];
+    let a = flotilla(&args);
+    let text = stdout(&a);
+    assert!(a.status.success(), "node-level sim failed:\n{text}");
+    assert_eq!(total(&text, "violations"), 0, "{text}");
+    for counter in ["elections", "commits", "crashes", "partitions"] {
+        assert!(total(&text, counter) > 0, "{counter} is zero:\n{text}");
+    }
+    let b = flotilla(&args);
+    assert_eq!(a.stdout, b.stdout, "whole-node simulation is not deterministic");
+}

@@ -11,9 +11,11 @@
 //! seed's output is byte-identical on every run.
 
 mod checker;
+mod nodes;
 mod world;
 
 pub use checker::Violation;
+pub use nodes::{run_node_seed, NodeSimOptions};
 pub use world::{SeedReport, SimOptions, Stats};
 
 use world::World;

@@ -21,6 +21,7 @@
 //!   `StorageError::Corrupt`, never a silently applied entry.
 
 mod faulty;
+mod simdisk;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 pub use faulty::{Faults, FaultyBackend};
+pub use simdisk::SimDisk;
 
 use crate::ids::RangeId;
 use crate::raft::{Entry, HardState, InitialState, LogIndex, NodeId, Snapshot, SnapshotMeta};
@@ -345,6 +347,19 @@ impl NodeStorage {
         }
         Ok((applied, encode(&SnapshotData { descriptor: desc.clone(), pairs })?))
     }
+}
+
+/// Checks that snapshot data from a peer decodes and belongs to `range`, before anything acts
+/// on it.
+pub fn validate_snapshot_data(range: RangeId, data: &[u8]) -> Result<(), StorageError> {
+    let decoded: SnapshotData = decode("snapshot data", data)?;
+    if decoded.descriptor.id != range {
+        return Err(StorageError::Corrupt(format!(
+            "snapshot data for {} sent as {range}",
+            decoded.descriptor.id
+        )));
+    }
+    Ok(())
 }
 
 /// A range's data as shipped in a snapshot.

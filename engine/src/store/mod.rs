@@ -289,8 +289,62 @@ struct PendingRead {
 /// Sends one batch to a peer. Implemented by the transport.
 pub type BatchSender = Arc<dyn Fn(RaftBatch) + Send + Sync>;
 
+/// The host's only source of time: a monotonic duration since an arbitrary origin. Production
+/// uses `MonotonicClock`; the simulator advances a `ManualClock` itself.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Duration;
+}
+
+/// `Instant`-based time.
+#[derive(Debug)]
+pub struct MonotonicClock {
+    origin: Instant,
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock { origin: Instant::now() }
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// Time that moves only when told to (simulation, tests).
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl ManualClock {
+    pub fn set(&self, now: Duration) {
+        self.micros.store(now.as_micros() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_micros(self.micros.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// One replica's state, for observers (the simulator's checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupState {
+    pub range: RangeId,
+    pub term: Term,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub commit: LogIndex,
+    pub applied: LogIndex,
+    pub voters: Vec<NodeId>,
+}
+
 /// Opens the node's groups (bootstrapping them on an empty data directory) and starts the
-/// driver thread.
+/// driver thread on the monotonic clock.
 pub fn start(
     cfg: StoreConfig,
     storage: NodeStorage,
@@ -298,6 +352,25 @@ pub fn start(
     peers: Vec<NodeId>,
     send: BatchSender,
 ) -> Result<(StoreHandle, std::thread::JoinHandle<()>), KvError> {
+    let (handle, mut driver) =
+        build(cfg, storage, bootstrap, peers, send, Arc::new(MonotonicClock::default()))?;
+    let thread = std::thread::Builder::new()
+        .name(format!("flotilla-driver-{}", driver.cfg.node_id.0))
+        .spawn(move || driver.run())
+        .map_err(|e| KvError::Unavailable(format!("cannot start the driver thread: {e}")))?;
+    Ok((handle, thread))
+}
+
+/// Opens the node's groups and returns the driver without starting a thread: the simulator
+/// steps it itself (`Driver::step`), on its own clock.
+pub fn build(
+    cfg: StoreConfig,
+    storage: NodeStorage,
+    bootstrap: &[RangeDescriptor],
+    peers: Vec<NodeId>,
+    send: BatchSender,
+    clock: Arc<dyn Clock>,
+) -> Result<(StoreHandle, Driver), KvError> {
     let storage_err = |e: StorageError| KvError::Storage(e.to_string());
     let mut ranges = storage.ranges().map_err(storage_err)?;
     if ranges.is_empty() {
@@ -319,12 +392,31 @@ pub fn start(
     }
     let mut groups = BTreeMap::new();
     for desc in &ranges {
-        let (initial, record) = storage.load_group(desc.id).map_err(storage_err)?.ok_or_else(|| {
+        let (mut initial, record) = storage.load_group(desc.id).map_err(storage_err)?.ok_or_else(|| {
             KvError::Storage(format!("range {} has a descriptor but no Raft state", desc.id))
         })?;
+        // Snapshot data is not kept on disk: the range's data *is* the snapshot. Rebuild it —
+        // at the snapshot's index if nothing was applied since, otherwise by compacting anew at
+        // the applied index below — so that this replica can send it if it becomes leader.
+        let mut fresh = None;
+        if let Some(snapshot) = initial.snapshot.as_mut() {
+            let (at, data) = storage.snapshot_range(desc).map_err(storage_err)?;
+            if at == snapshot.meta.index {
+                snapshot.data = data;
+            } else {
+                fresh = Some((at, data));
+            }
+        }
         let seed = cfg.node_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ desc.id.0;
-        let raft = RawNode::new(cfg.raft_config(), initial, seed)
+        let mut raft = RawNode::new(cfg.raft_config(), initial, seed)
             .map_err(|e: RaftError| KvError::Storage(format!("range {}: {e}", desc.id)))?;
+        let mut record = record;
+        if let Some((at, data)) = fresh {
+            let meta = raft.compact(at, data).map_err(|e| {
+                KvError::Storage(format!("range {}: cannot rebuild its snapshot: {e}", desc.id))
+            })?;
+            record.snapshot = Some(meta);
+        }
         groups.insert(desc.id, Group { desc: desc.clone(), raft, record, quiesced: false, idle_ticks: 0 });
     }
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
@@ -332,8 +424,9 @@ pub fn start(
     let routing = Arc::new(Mutex::new(Routing::default()));
     let handle =
         StoreHandle { tx, status: status.clone(), routing: routing.clone(), ranges: Arc::new(ranges) };
-    let now = Instant::now();
-    let mut driver = Driver {
+    let now = clock.now();
+    let driver = Driver {
+        clock,
         awake: groups.keys().copied().collect(),
         groups,
         storage,
@@ -358,15 +451,13 @@ pub fn start(
         status_dead: Vec::new(),
         cfg,
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("flotilla-driver-{}", driver.cfg.node_id.0))
-        .spawn(move || driver.run())
-        .map_err(|e| KvError::Unavailable(format!("cannot start the driver thread: {e}")))?;
-    Ok((handle, thread))
+    Ok((handle, driver))
 }
 
-struct Driver {
+/// The driver loop's state: every replica on the node.
+pub struct Driver {
     cfg: StoreConfig,
+    clock: Arc<dyn Clock>,
     storage: NodeStorage,
     groups: BTreeMap<RangeId, Group>,
     /// Groups that tick: not quiesced.
@@ -379,24 +470,31 @@ struct Driver {
     proposals: HashMap<(RangeId, LogIndex), (Term, Reply<CommandResult>)>,
     reads: BTreeMap<u64, PendingRead>,
     next_ctx: u64,
-    started: Instant,
+    started: Duration,
     ticks_done: u64,
     peers: Vec<NodeId>,
-    peer_heard: BTreeMap<NodeId, Instant>,
+    peer_heard: BTreeMap<NodeId, Duration>,
     peers_dead: BTreeSet<NodeId>,
     /// Groups that got input this round and may have a `Ready`.
     touched: BTreeSet<RangeId>,
     outbox: BTreeMap<NodeId, RaftBatch>,
     liveness_ticks: u32,
-    status_published: Instant,
+    status_published: Duration,
     /// Groups whose published status may be stale.
     status_dirty: BTreeSet<RangeId>,
     status_cache: BTreeMap<RangeId, RangeStatus>,
     status_dead: Vec<u64>,
 }
 
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("node", &self.cfg.node_id).field("groups", &self.groups.len()).finish()
+    }
+}
+
 impl Driver {
-    fn run(&mut self) {
+    /// The thread body: wait for inputs, take what is queued, run one step.
+    pub fn run(&mut self) {
         while let Some(first) = self.rx.blocking_recv() {
             let mut inputs = vec![first];
             while inputs.len() < ROUND_INPUTS_MAX {
@@ -405,30 +503,69 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            self.apply_due_ticks();
-            for input in inputs {
-                self.handle(input);
-            }
-            if let Err(e) = self.round() {
-                let text = format!("storage failure, node stopping: {e}");
-                tracing::error!(node = self.cfg.node_id.0, "{text}");
-                if let Ok(mut s) = self.status.lock() {
-                    s.fatal = Some(text.clone());
-                }
-                if let Ok(mut r) = self.routing.lock() {
-                    r.fatal = Some(text);
-                }
-                self.fail_everything(KvError::Storage(e.to_string()));
+            if self.step(inputs).is_err() {
                 return;
             }
-            self.flush_outbox();
-            // Publishing walks every group: every 100 ms for small nodes, less often for nodes
-            // with thousands of (mostly idle) groups.
-            let publish_every = Duration::from_millis(100 + self.groups.len() as u64 / 10);
-            if self.status_published.elapsed() >= publish_every {
-                self.publish_status();
+        }
+    }
+
+    /// One driver round over `inputs` (plus anything queued on the handle's channel). Returns
+    /// the fatal error if storage failed; the driver must not be stepped again after that.
+    pub fn step(&mut self, mut inputs: Vec<Input>) -> Result<(), String> {
+        while inputs.len() < ROUND_INPUTS_MAX {
+            match self.rx.try_recv() {
+                Ok(input) => inputs.push(input),
+                Err(_) => break,
             }
         }
+        self.apply_due_ticks();
+        for input in inputs {
+            self.handle(input);
+        }
+        if let Err(e) = self.round() {
+            let text = format!("storage failure, node stopping: {e}");
+            tracing::error!(node = self.cfg.node_id.0, "{text}");
+            if let Ok(mut s) = self.status.lock() {
+                s.fatal = Some(text.clone());
+            }
+            if let Ok(mut r) = self.routing.lock() {
+                r.fatal = Some(text.clone());
+            }
+            self.fail_everything(KvError::Storage(e.to_string()));
+            return Err(text);
+        }
+        self.flush_outbox();
+        // Publishing walks every group: every 100 ms for small nodes, less often for nodes
+        // with thousands of (mostly idle) groups.
+        let publish_every = Duration::from_millis(100 + self.groups.len() as u64 / 10);
+        if self.clock.now().saturating_sub(self.status_published) >= publish_every {
+            self.publish_status();
+        }
+        Ok(())
+    }
+
+    /// Every replica's state, in range order.
+    pub fn group_states(&self) -> Vec<GroupState> {
+        self.groups
+            .values()
+            .map(|g| {
+                let st = g.raft.status();
+                GroupState {
+                    range: g.desc.id,
+                    term: st.term,
+                    role: st.role,
+                    leader: st.leader,
+                    commit: st.commit,
+                    applied: g.record.applied,
+                    voters: st.membership.all_voters().into_iter().collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The node's storage (for the simulator's final checks).
+    pub fn storage(&self) -> &NodeStorage {
+        &self.storage
     }
 
     fn fail_everything(&mut self, error: KvError) {
@@ -443,7 +580,8 @@ impl Driver {
     // ------------------------------------------------------------ time
 
     fn apply_due_ticks(&mut self) {
-        let due = (self.started.elapsed().as_micros() / self.cfg.tick_interval.as_micros().max(1)) as u64;
+        let elapsed = self.clock.now().saturating_sub(self.started);
+        let due = (elapsed.as_micros() / self.cfg.tick_interval.as_micros().max(1)) as u64;
         // Catch up at most a few election timeouts' worth; beyond that every lease and
         // election timer has long expired anyway.
         let todo = due.saturating_sub(self.ticks_done).min(u64::from(self.cfg.election_ticks) * 4);
@@ -514,11 +652,11 @@ impl Driver {
     }
 
     fn check_peer_liveness(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let dead: Vec<NodeId> = self
             .peer_heard
             .iter()
-            .filter(|(_, &heard)| now.duration_since(heard) > self.cfg.peer_dead_after)
+            .filter(|(_, &heard)| now.saturating_sub(heard) > self.cfg.peer_dead_after)
             .map(|(&p, _)| p)
             .collect();
         for peer in dead {
@@ -566,7 +704,8 @@ impl Driver {
             return;
         }
         let from = batch.from;
-        self.peer_heard.insert(from, Instant::now());
+        let now = self.clock.now();
+        self.peer_heard.insert(from, now);
         self.peers_dead.remove(&from);
         let mut messages: Vec<(RangeId, Message)> = batch.messages;
         for hb in batch.heartbeats {
@@ -579,6 +718,15 @@ impl Driver {
         }
         for (range, message) in messages {
             let Some(g) = self.groups.get(&range) else { continue };
+            if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                // The core would adopt the snapshot's metadata at once; data that cannot be
+                // installed must be refused before that, not fail the storage round later.
+                if let Err(e) = crate::storage::validate_snapshot_data(range, &snapshot.data) {
+                    tracing::warn!(node = me.0, range = range.0, peer = from.0, "refused snapshot: {e}");
+                    metrics::counter!("flotilla_raft_messages_rejected_total").increment(1);
+                    continue;
+                }
+            }
             // Heartbeats of the current term (late ones, or acknowledgements of the round just
             // before quiescing) carry nothing that needs ticking: they do not wake a group.
             let heartbeat =
@@ -861,7 +1009,7 @@ impl Driver {
     /// Refreshes the published status of the groups that changed since the last publish; an
     /// idle node (every group quiesced) does no work here at all.
     fn publish_status(&mut self) {
-        self.status_published = Instant::now();
+        self.status_published = self.clock.now();
         let dead: Vec<u64> = self.peers_dead.iter().map(|p| p.0).collect();
         if self.status_dirty.is_empty()
             && self.status_cache.len() == self.groups.len()

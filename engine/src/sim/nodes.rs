@@ -23,7 +23,7 @@ use crate::kv::{Command, CommandResult, SetCondition};
 use crate::raft::{NodeId, Role, Term};
 use crate::rng::Rng;
 use crate::storage::{NodeStorage, SimDisk};
-use crate::store::{self, Driver, Input, KvError, ManualClock, StoreConfig, StoreHandle};
+use crate::store::{self, Driver, Input, KvError, ManualClock, ReadOp, ReadResult, StoreConfig, StoreHandle};
 use crate::transport::wire::RaftBatch;
 
 /// Wake-ups per node: the ticker's period.
@@ -67,6 +67,14 @@ struct PendingWrite {
     reply: oneshot::Receiver<Result<CommandResult, KvError>>,
 }
 
+/// A read of a key whose (only) write was acknowledged before the read began: linearizability
+/// demands it sees that value.
+struct PendingRead {
+    key: Vec<u8>,
+    expected: Vec<u8>,
+    reply: oneshot::Receiver<Result<ReadResult, KvError>>,
+}
+
 struct NodeWorld {
     opts: NodeSimOptions,
     rng: Rng,
@@ -80,6 +88,7 @@ struct NodeWorld {
     links_generation: u64,
     drop_per_million: u32,
     pending: Vec<PendingWrite>,
+    reads: Vec<PendingRead>,
     acked: BTreeMap<Vec<u8>, Vec<u8>>,
     next_key: u64,
     leaders: BTreeMap<(RangeId, Term), NodeId>,
@@ -137,6 +146,7 @@ impl NodeWorld {
             links_generation: 0,
             drop_per_million: 0,
             pending: Vec::new(),
+            reads: Vec::new(),
             acked: BTreeMap::new(),
             next_key: 0,
             leaders: BTreeMap::new(),
@@ -297,6 +307,29 @@ impl NodeWorld {
         });
         self.stats.commits += acked.len() as u64;
         self.acked.extend(acked);
+        let mut stale = None;
+        let mut served = 0;
+        self.reads.retain_mut(|r| match r.reply.try_recv() {
+            Ok(Ok(ReadResult::Value(v))) => {
+                served += 1;
+                if v.as_deref() != Some(r.expected.as_slice()) {
+                    stale = Some((r.key.clone(), r.expected.clone(), v));
+                }
+                false
+            }
+            Err(oneshot::error::TryRecvError::Empty) => true,
+            _ => false,
+        });
+        self.stats.reads += served;
+        if let Some((key, expected, got)) = stale {
+            let detail = format!(
+                "read of {} returned {:?} after the write of {} was acknowledged",
+                String::from_utf8_lossy(&key),
+                got.map(|g| String::from_utf8_lossy(&g).into_owned()),
+                String::from_utf8_lossy(&expected)
+            );
+            self.fail("linearizable read", detail);
+        }
     }
 
     fn run(mut self, seed: u64) -> SeedReport {
@@ -362,6 +395,10 @@ impl NodeWorld {
         self.schedule(next, Event::Client);
         let up: Vec<usize> = (0..self.slots.len()).filter(|&k| self.slots[k].running.is_some()).collect();
         let Some(&k) = self.rng.pick(&up) else { return };
+        if !self.acked.is_empty() && self.rng.chance(300_000) {
+            self.issue_read(k);
+            return;
+        }
         self.next_key += 1;
         // Keys spread over every range: the first byte walks the printable span.
         let key =
@@ -380,6 +417,24 @@ impl NodeWorld {
             Command::Put { key: key.clone(), value: value.clone(), condition: SetCondition::Always };
         self.pending.push(PendingWrite { key, value, reply: rx });
         self.step(target, vec![Input::Propose { range, command, reply }]);
+    }
+
+    /// Reads a random acknowledged key at the node `k` believes leads its range.
+    fn issue_read(&mut self, k: usize) {
+        let pick = self.rng.below(self.acked.len() as u64) as usize;
+        let Some((key, expected)) = self.acked.iter().nth(pick).map(|(k, v)| (k.clone(), v.clone())) else {
+            return;
+        };
+        let Some((handle, driver)) = self.slots[k].running.as_ref() else { return };
+        let Some(range) = handle.range_for(&key).map(|r| r.id) else { return };
+        let leader = driver.group_states().into_iter().find(|g| g.range == range).and_then(|g| g.leader);
+        let target = match leader {
+            Some(l) if self.slots[(l.0 - 1) as usize].running.is_some() => (l.0 - 1) as usize,
+            _ => k,
+        };
+        let (reply, rx) = oneshot::channel();
+        self.reads.push(PendingRead { key: key.clone(), expected, reply: rx });
+        self.step(target, vec![Input::Read { range, op: ReadOp::Get { key }, reply }]);
     }
 
     fn on_fault(&mut self) {

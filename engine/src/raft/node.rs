@@ -659,6 +659,17 @@ impl RawNode {
         }
     }
 
+    /// The host is still delivering the snapshot it was asked to send to `to` (in chunks): the
+    /// snapshot's timeout counts from now, so that a large transfer is not restarted midway.
+    pub fn report_snapshot_progress(&mut self, to: NodeId) {
+        let ticks = self.ticks;
+        if let Some(p) = self.progress.get_mut(&to) {
+            if p.state == ProgressState::Snapshot {
+                p.snapshot_sent_tick = ticks;
+            }
+        }
+    }
+
     /// Takes a snapshot at `index` (which must be applied) with the state machine's `data`, and
     /// drops the log up to it. Returns the snapshot's metadata, which the host persists.
     pub fn compact(&mut self, index: LogIndex, data: Vec<u8>) -> Result<SnapshotMeta, RaftError> {

@@ -185,6 +185,10 @@ impl NodeWorld {
     fn store_config(id: NodeId) -> StoreConfig {
         let mut cfg = StoreConfig::new(id);
         cfg.log_retain_entries = 20;
+        // Tiny chunks, so that snapshots span many batches and chunk loss and reordering
+        // across reconnects are exercised.
+        cfg.snapshot_chunk_bytes = 96;
+        cfg.snapshot_chunks_per_round = 3;
         cfg
     }
 
@@ -278,11 +282,7 @@ impl NodeWorld {
         }
         for batch in batches {
             self.stats.messages += 1;
-            self.stats.snapshots += batch
-                .messages
-                .iter()
-                .filter(|(_, m)| matches!(m.body, crate::raft::MessageBody::InstallSnapshot { .. }))
-                .count() as u64;
+            self.stats.snapshots += batch.snapshot_chunks.iter().filter(|c| c.offset == 0).count() as u64;
             if self.blocked.contains(&(batch.from, batch.to)) || self.rng.chance(self.drop_per_million) {
                 continue;
             }
@@ -540,8 +540,8 @@ impl NodeWorld {
             if let Some((_, d)) = &slot.running {
                 for g in d.group_states() {
                     out.push(format!(
-                        "{}:{}:{:?}@{} c{} a{}",
-                        slot.id, g.range, g.role, g.term, g.commit.0, g.applied.0
+                        "{}:{}:{:?}@{} c{} a{} {}",
+                        slot.id, g.range, g.role, g.term, g.commit.0, g.applied.0, g.progress
                     ));
                 }
             }

@@ -28,7 +28,7 @@
 
 #![allow(clippy::disallowed_methods)] // the host owns the monotonic clock and its thread
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::ids::RangeId;
 use crate::kv::{Command, CommandResult};
+use crate::raft::Snapshot;
 use crate::raft::{
     Config, EntryPayload, InitialState, LogIndex, Membership, Message, MessageBody, NodeId, RaftError,
     RawNode, ReadMode, Role, Term,
 };
 use crate::storage::{GroupRecord, NodeStorage, RangeDescriptor, StorageError};
-use crate::transport::wire::{HeartbeatEntry, HeartbeatResponseEntry, RaftBatch};
+use crate::transport::wire::{HeartbeatEntry, HeartbeatResponseEntry, RaftBatch, SnapshotChunk};
 
 /// Capacity of the driver's input channel; senders wait (proposals) or drop (peer batches)
 /// when it is full.
@@ -82,6 +83,13 @@ pub struct StoreConfig {
     pub peer_dead_after: Duration,
     /// Entries kept in the log after the applied index before compaction.
     pub log_retain_entries: u64,
+    /// Snapshots travel in chunks of at most this many bytes...
+    pub snapshot_chunk_bytes: usize,
+    /// ...and at most this many chunks per peer per driver round, so that a large snapshot
+    /// never crowds out a round's Raft traffic or makes a frame large.
+    pub snapshot_chunks_per_round: usize,
+    /// A snapshot being received may not exceed this (memory bound on the receiver).
+    pub snapshot_bytes_max: u64,
 }
 
 impl StoreConfig {
@@ -95,6 +103,9 @@ impl StoreConfig {
             quiesce_idle_ticks: 40,
             peer_dead_after: Duration::from_millis(1_000),
             log_retain_entries: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_chunks_per_round: 4,
+            snapshot_bytes_max: 4 << 30,
         }
     }
 
@@ -341,6 +352,8 @@ pub struct GroupState {
     pub commit: LogIndex,
     pub applied: LogIndex,
     pub voters: Vec<NodeId>,
+    /// Leader only: per-member replication state (diagnostics).
+    pub progress: String,
 }
 
 /// Opens the node's groups (bootstrapping them on an empty data directory) and starts the
@@ -444,6 +457,8 @@ pub fn build(
         peers,
         touched: BTreeSet::new(),
         outbox: BTreeMap::new(),
+        snapshots_out: BTreeMap::new(),
+        snapshots_in: BTreeMap::new(),
         liveness_ticks: 0,
         status_published: now,
         status_dirty: BTreeSet::new(),
@@ -453,6 +468,9 @@ pub fn build(
     };
     Ok((handle, driver))
 }
+
+/// A snapshot being received: the first chunk's header, and the pieces so far by offset.
+type IncomingSnapshot = (SnapshotChunk, BTreeMap<u64, Vec<u8>>);
 
 /// The driver loop's state: every replica on the node.
 pub struct Driver {
@@ -478,6 +496,11 @@ pub struct Driver {
     /// Groups that got input this round and may have a `Ready`.
     touched: BTreeSet<RangeId>,
     outbox: BTreeMap<NodeId, RaftBatch>,
+    /// Snapshot chunks waiting to go, per (peer, range); a newer snapshot replaces an older one.
+    snapshots_out: BTreeMap<(NodeId, RangeId), VecDeque<SnapshotChunk>>,
+    /// Snapshots being received, per (sender, range): the first chunk's header and the pieces
+    /// so far by offset.
+    snapshots_in: BTreeMap<(NodeId, RangeId), IncomingSnapshot>,
     liveness_ticks: u32,
     status_published: Duration,
     /// Groups whose published status may be stale.
@@ -558,6 +581,7 @@ impl Driver {
                     commit: st.commit,
                     applied: g.record.applied,
                     voters: st.membership.all_voters().into_iter().collect(),
+                    progress: g.raft.progress_summary(),
                 }
             })
             .collect()
@@ -716,6 +740,11 @@ impl Driver {
             let body = MessageBody::HeartbeatResponse { read_seq: hr.read_seq };
             messages.push((hr.range, Message { from, to: me, term: hr.term, body }));
         }
+        for chunk in batch.snapshot_chunks {
+            if let Some((range, message)) = self.receive_snapshot_chunk(from, chunk) {
+                messages.push((range, message));
+            }
+        }
         for (range, message) in messages {
             let Some(g) = self.groups.get(&range) else { continue };
             if let MessageBody::InstallSnapshot { snapshot } = &message.body {
@@ -750,6 +779,54 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Adds a chunk to the snapshot being received from `from`; returns the whole
+    /// `InstallSnapshot` message once every byte is in. Chunks may arrive in any order (the
+    /// network may reorder batches across reconnects); a chunk of a different snapshot starts
+    /// over.
+    fn receive_snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk) -> Option<(RangeId, Message)> {
+        let key = (from, chunk.range);
+        let end = chunk.offset.checked_add(chunk.bytes.len() as u64)?;
+        if chunk.total > self.cfg.snapshot_bytes_max || end > chunk.total {
+            tracing::warn!(
+                range = chunk.range.0,
+                peer = from.0,
+                total = chunk.total,
+                "refused snapshot chunk"
+            );
+            self.snapshots_in.remove(&key);
+            return None;
+        }
+        let same = self.snapshots_in.get(&key).is_some_and(|(head, _)| {
+            head.meta == chunk.meta && head.term == chunk.term && head.total == chunk.total
+        });
+        if !same {
+            let head = SnapshotChunk { bytes: Vec::new(), ..chunk.clone() };
+            self.snapshots_in.insert(key, (head, BTreeMap::new()));
+        }
+        let (_, pieces) = self.snapshots_in.get_mut(&key)?;
+        pieces.insert(chunk.offset, chunk.bytes);
+        // Complete when the pieces tile [0, total) exactly.
+        let (head, pieces) = self.snapshots_in.get(&key)?;
+        let mut covered = 0u64;
+        for (&offset, bytes) in pieces {
+            if offset != covered {
+                return None;
+            }
+            covered += bytes.len() as u64;
+        }
+        if covered != head.total {
+            return None;
+        }
+        let (head, pieces) = self.snapshots_in.remove(&key)?;
+        let mut data = Vec::with_capacity(head.total as usize);
+        for bytes in pieces.into_values() {
+            data.extend_from_slice(&bytes);
+        }
+        let snapshot = Snapshot { meta: head.meta, data };
+        let body = MessageBody::InstallSnapshot { snapshot };
+        Some((head.range, Message { from, to: self.cfg.node_id, term: head.term, body }))
     }
 
     fn handle_propose(&mut self, range: RangeId, command: Command, reply: Reply<CommandResult>) {
@@ -995,11 +1072,61 @@ impl Driver {
             MessageBody::HeartbeatResponse { read_seq } => {
                 batch.heartbeat_responses.push(HeartbeatResponseEntry { range, term: m.term, read_seq });
             }
+            MessageBody::InstallSnapshot { snapshot } => {
+                // Split into bounded chunks, sent a few per round by `flush_outbox`.
+                let total = snapshot.data.len() as u64;
+                let size = self.cfg.snapshot_chunk_bytes.max(1);
+                let mut chunks = VecDeque::new();
+                let mut offset = 0usize;
+                loop {
+                    let end = (offset + size).min(snapshot.data.len());
+                    chunks.push_back(SnapshotChunk {
+                        range,
+                        term: m.term,
+                        meta: snapshot.meta.clone(),
+                        offset: offset as u64,
+                        total,
+                        bytes: snapshot.data[offset..end].to_vec(),
+                    });
+                    offset = end;
+                    if offset >= snapshot.data.len() {
+                        break;
+                    }
+                }
+                // The same snapshot already on its way is not restarted.
+                let in_progress = self
+                    .snapshots_out
+                    .get(&(to, range))
+                    .and_then(|q| q.front())
+                    .is_some_and(|c| c.meta == snapshot.meta && c.term == m.term);
+                if !in_progress {
+                    metrics::counter!("flotilla_snapshots_sent_total").increment(1);
+                    self.snapshots_out.insert((to, range), chunks);
+                }
+            }
             _ => batch.messages.push((range, m)),
         }
     }
 
     fn flush_outbox(&mut self) {
+        let me = self.cfg.node_id;
+        let per_round = self.cfg.snapshot_chunks_per_round.max(1);
+        for (&(peer, range), chunks) in self.snapshots_out.iter_mut() {
+            let batch = self.outbox.entry(peer).or_insert_with(|| RaftBatch {
+                from: me,
+                to: peer,
+                ..RaftBatch::default()
+            });
+            while batch.snapshot_chunks.len() < per_round {
+                let Some(chunk) = chunks.pop_front() else { break };
+                batch.snapshot_chunks.push(chunk);
+            }
+            // Until the last chunk leaves, the transfer is in progress, not lost.
+            if let Some(g) = self.groups.get_mut(&range) {
+                g.raft.report_snapshot_progress(peer);
+            }
+        }
+        self.snapshots_out.retain(|_, chunks| !chunks.is_empty());
         for (_, batch) in std::mem::take(&mut self.outbox) {
             metrics::counter!("flotilla_peer_batches_sent_total").increment(1);
             (self.send)(batch);

@@ -311,6 +311,7 @@ mod tests {
             }],
             heartbeat_responses: vec![],
             quiesce: vec![(RangeId(10), Term(3))],
+            snapshot_chunks: vec![],
         }
     }
 
@@ -511,6 +512,7 @@ mod tests {
                 heartbeats,
                 heartbeat_responses,
                 quiesce: quiesce.into_iter().map(|(r, t)| (RangeId(r), Term(t))).collect(),
+                snapshot_chunks: Vec::new(),
             })
     }
 

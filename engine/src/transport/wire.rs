@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::RangeId;
-use crate::raft::{LogIndex, Message, NodeId, Term};
+use crate::raft::{LogIndex, Message, NodeId, SnapshotMeta, Term};
 
 /// Everything one node sends another in one driver round.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct RaftBatch {
     /// Groups the sender leads that are quiescing: the receiver stops ticking them until a
     /// message for them arrives (or the sender's node is declared dead).
     pub quiesce: Vec<(RangeId, Term)>,
+    /// Pieces of `InstallSnapshot` messages: a snapshot travels in bounded chunks over
+    /// successive batches and becomes a Raft message again once the receiver has all of it.
+    pub snapshot_chunks: Vec<SnapshotChunk>,
 }
 
 impl RaftBatch {
@@ -30,6 +33,7 @@ impl RaftBatch {
             && self.heartbeats.is_empty()
             && self.heartbeat_responses.is_empty()
             && self.quiesce.is_empty()
+            && self.snapshot_chunks.is_empty()
     }
 }
 
@@ -48,4 +52,19 @@ pub struct HeartbeatResponseEntry {
     pub range: RangeId,
     pub term: Term,
     pub read_seq: u64,
+}
+
+/// One piece of a snapshot. The receiver keeps the pieces of one snapshot (same range, term and
+/// metadata) by offset, in any order, and hands the core the whole `InstallSnapshot` once they
+/// tile the data exactly; a piece of a different snapshot starts over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub range: RangeId,
+    /// The term of the `InstallSnapshot` message this chunk belongs to.
+    pub term: Term,
+    pub meta: SnapshotMeta,
+    /// Where `bytes` starts in the snapshot data, and the data's whole length.
+    pub offset: u64,
+    pub total: u64,
+    pub bytes: Vec<u8>,
 }

@@ -649,6 +649,9 @@ impl Driver {
 
     fn quiesce(&mut self, range: RangeId) {
         let Some(g) = self.groups.get_mut(&range) else { return };
+        if g.quiesced {
+            return;
+        }
         g.quiesced = true;
         g.idle_ticks = 0;
         self.awake.remove(&range);
@@ -773,7 +776,10 @@ impl Driver {
         for (range, term) in batch.quiesce {
             if let Some(g) = self.groups.get_mut(&range) {
                 if g.raft.term() == term && g.raft.leader() == Some(from) && g.raft.role() == Role::Follower {
-                    g.quiesced = true;
+                    if !g.quiesced {
+                        g.quiesced = true;
+                        metrics::gauge!("flotilla_ranges_quiesced").increment(1.0);
+                    }
                     self.awake.remove(&range);
                     self.status_dirty.insert(range);
                 }

@@ -159,7 +159,8 @@ pub fn run() -> anyhow::Result<()> {
     println!("Flotilla demo: a 3-node cluster on 127.0.0.1-3, real processes, real disks, real QUIC.\n");
     let dir = std::env::temp_dir().join(format!("flotilla-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let base_port = 20_000 + (std::process::id() % 20_000) as u16;
+    // Below the kernel's ephemeral port range (32768+), so outgoing sockets never hold our ports.
+    let base_port = 12_000 + (std::process::id() % 5_000) as u16 * 3;
     let join = (1..=NODES).map(|i| format!("127.0.0.{i}:{base_port}")).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe()?;
     let mut cluster = Cluster { dir: dir.clone(), exe, join, procs: Vec::new(), base_port };

@@ -26,10 +26,11 @@ pub struct Cluster {
     extra_args: Vec<String>,
 }
 
-/// A base port unlikely to collide with other tests running at the same time.
+/// A base port unlikely to collide with other tests running at the same time, and below the
+/// kernel's ephemeral range (32768+), where outgoing connections would take ports from us.
 fn base_port(name: &str) -> u16 {
     let h = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-    21_000 + ((h ^ std::process::id()) % 9_000) as u16 * 4
+    11_000 + ((h ^ std::process::id()) % 5_000) as u16 * 4
 }
 
 impl Cluster {
@@ -91,11 +92,25 @@ impl Cluster {
         self.nodes[id - 1].child = Some(child);
     }
 
-    pub fn wait_ping(&self, id: usize) {
-        let node = &self.nodes[id - 1];
-        wait_for(&format!("node {id} answering PING"), Duration::from_secs(60), || {
-            resp(node.resp, &[b"PING"]).is_ok_and(|r| r == Reply::Simple("PONG".into()))
-        });
+    pub fn wait_ping(&mut self, id: usize) {
+        let start = Instant::now();
+        loop {
+            let node = &self.nodes[id - 1];
+            if resp(node.resp, &[b"PING"]).is_ok_and(|r| r == Reply::Simple("PONG".into())) {
+                return;
+            }
+            // A node that exited (a port taken, say) will never answer: say why at once.
+            let exited = self.nodes[id - 1].child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!("node {id} exited ({status}) before answering PING:\n{}", self.log_tail(id));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "node {id} did not answer PING within 60 s:\n{}",
+                self.log_tail(id)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn kill(&mut self, id: usize) {

@@ -64,6 +64,7 @@ struct Slot {
 struct PendingWrite {
     key: Vec<u8>,
     value: Vec<u8>,
+    node: NodeId,
     reply: oneshot::Receiver<Result<CommandResult, KvError>>,
 }
 
@@ -169,6 +170,9 @@ impl NodeWorld {
     }
 
     fn note(&mut self, line: String) {
+        if std::env::var_os("FLOTILLA_SIM_TRACE_ACKS").is_some() {
+            eprintln!("{:>9.3} ms  {line}", self.now_us as f64 / 1000.0);
+        }
         if self.trace.len() == TRACE_LINES {
             self.trace.pop_front();
         }
@@ -255,7 +259,28 @@ impl NodeWorld {
         let slot = &mut self.slots[k];
         let Some((_, driver)) = slot.running.as_mut() else { return };
         slot.clock.set(Duration::from_micros(now * slot.rate_permille / 1000));
+        // Now and then the process dies inside the round, at its fsync — after the round's
+        // early messages may have left, before anything in it is durable.
+        if self.rng.chance(2_000) {
+            slot.disk.arm_crash_on_sync();
+        }
         if let Err(e) = driver.step(inputs) {
+            if slot.disk.detached() {
+                slot.disk = slot.disk.reattach();
+                drop(slot.running.take());
+                slot.incarnation += 1;
+                let id = slot.id;
+                self.stats.crashes += 1;
+                self.note(format!("{id} crashed during an fsync"));
+                let downtime = self.rng.range_inclusive(10_000, 1_000_000);
+                self.schedule(downtime, Event::Restart { node: k });
+                // What the round sent before its fsync has left the node: deliver it.
+                let slot = &self.slots[k];
+                let sent: Vec<RaftBatch> =
+                    slot.outbox.lock().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default();
+                self.ship(sent);
+                return;
+            }
             let detail = format!("{}: {e}", slot.id);
             self.fail("storage", detail);
             return;
@@ -280,6 +305,12 @@ impl NodeWorld {
                 }
             }
         }
+        self.ship(batches);
+        self.collect_replies();
+    }
+
+    /// Puts batches on the simulated network.
+    fn ship(&mut self, batches: Vec<RaftBatch>) {
         for batch in batches {
             self.stats.messages += 1;
             self.stats.snapshots += batch.snapshot_chunks.iter().filter(|c| c.offset == 0).count() as u64;
@@ -292,19 +323,25 @@ impl NodeWorld {
             self.in_flight.insert(key, batch);
             self.schedule(delay, Event::Deliver { batch: key });
         }
-        self.collect_replies();
     }
 
     fn collect_replies(&mut self) {
         let mut acked = Vec::new();
+        let mut trace = Vec::new();
         self.pending.retain_mut(|w| match w.reply.try_recv() {
             Ok(Ok(CommandResult::Written(true))) => {
                 acked.push((w.key.clone(), w.value.clone()));
+                trace.push(format!("{} acked {}", w.node, String::from_utf8_lossy(&w.key)));
                 false
             }
             Err(oneshot::error::TryRecvError::Empty) => true,
             _ => false,
         });
+        if std::env::var_os("FLOTILLA_SIM_TRACE_ACKS").is_some() {
+            for line in trace {
+                self.note(line);
+            }
+        }
         self.stats.commits += acked.len() as u64;
         self.acked.extend(acked);
         let mut stale = None;
@@ -415,7 +452,8 @@ impl NodeWorld {
         let (reply, rx) = oneshot::channel();
         let command =
             Command::Put { key: key.clone(), value: value.clone(), condition: SetCondition::Always };
-        self.pending.push(PendingWrite { key, value, reply: rx });
+        let node = self.slots[target].id;
+        self.pending.push(PendingWrite { key, value, node, reply: rx });
         self.step(target, vec![Input::Propose { range, command, reply }]);
     }
 

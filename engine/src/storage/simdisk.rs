@@ -24,6 +24,31 @@ struct DiskState {
     undo: Vec<Undo>,
     incarnation: u64,
     syncs: u64,
+    /// The next `sync_data` crashes the process instead of syncing (a crash "at any instant":
+    /// mid-round, after some of the round's messages may already have left).
+    crash_on_sync: bool,
+}
+
+impl DiskState {
+    fn roll_back(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Write { offset, old } => {
+                    let at = offset as usize;
+                    if let Some(target) = self.data.get_mut(at..at + old.len()) {
+                        target.copy_from_slice(&old);
+                    }
+                }
+                Undo::Resize { old_len, tail } => {
+                    self.data.truncate(old_len as usize - tail.len().min(old_len as usize));
+                    self.data.extend_from_slice(&tail);
+                    self.data.resize(old_len as usize, 0);
+                }
+            }
+        }
+        self.incarnation += 1;
+        self.crash_on_sync = false;
+    }
 }
 
 /// A handle on a simulated disk, valid for one process incarnation.
@@ -48,23 +73,27 @@ impl SimDisk {
     /// next incarnation.
     pub fn crash(&self) -> SimDisk {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(undo) = st.undo.pop() {
-            match undo {
-                Undo::Write { offset, old } => {
-                    let at = offset as usize;
-                    if let Some(target) = st.data.get_mut(at..at + old.len()) {
-                        target.copy_from_slice(&old);
-                    }
-                }
-                Undo::Resize { old_len, tail } => {
-                    st.data.truncate(old_len as usize - tail.len().min(old_len as usize));
-                    st.data.extend_from_slice(&tail);
-                    st.data.resize(old_len as usize, 0);
-                }
-            }
-        }
-        st.incarnation += 1;
+        st.roll_back();
         SimDisk { state: self.state.clone(), incarnation: st.incarnation }
+    }
+
+    /// Makes the next fsync crash the process: unsynced writes are lost and this handle is
+    /// detached; the fsync fails.
+    pub fn arm_crash_on_sync(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.crash_on_sync = true;
+        }
+    }
+
+    /// Whether this handle's process has crashed (by `crash` or an armed fsync).
+    pub fn detached(&self) -> bool {
+        self.state.lock().map(|st| st.incarnation != self.incarnation).unwrap_or(true)
+    }
+
+    /// A handle for the disk's current incarnation (after a crash).
+    pub fn reattach(&self) -> SimDisk {
+        let incarnation = self.state.lock().map(|st| st.incarnation).unwrap_or(self.incarnation);
+        SimDisk { state: self.state.clone(), incarnation }
     }
 
     pub fn syncs(&self) -> u64 {
@@ -110,6 +139,10 @@ impl StorageBackend for SimDisk {
 
     fn sync_data(&self) -> io::Result<()> {
         self.with(|st| {
+            if st.crash_on_sync {
+                st.roll_back();
+                return Err(io::Error::other("simulated crash during fsync"));
+            }
             st.undo.clear();
             st.syncs += 1;
             Ok(())

@@ -25,10 +25,13 @@ use world::World;
 /// A panic inside the core (a failed assertion) is caught and reported as a violation of that
 /// seed, so a run over many seeds names the seed to replay.
 pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
-    let run =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| World::new(seed, opts.clone()).run(seed)));
-    run.unwrap_or_else(|panic| {
-        let message = panic
+    report_panics(seed, || World::new(seed, opts.clone()).run(seed))
+}
+
+/// Runs `run`, turning a panic into a violation of `seed` named "assertion".
+fn report_panics(seed: u64, run: impl FnOnce() -> SeedReport) -> SeedReport {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        let detail = panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
@@ -37,7 +40,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
             seed,
             stats: Stats::default(),
             sim_time_us: 0,
-            violation: Some(Violation { invariant: "assertion", detail: message }),
+            violation: Some(Violation { invariant: "assertion", detail }),
             trace: Vec::new(),
         }
     })

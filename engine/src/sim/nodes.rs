@@ -101,23 +101,7 @@ struct NodeWorld {
 
 /// Runs one seed of the whole-node simulation.
 pub fn run_node_seed(seed: u64, opts: &NodeSimOptions) -> SeedReport {
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        NodeWorld::new(seed, opts.clone()).run(seed)
-    }));
-    run.unwrap_or_else(|panic| {
-        let detail = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "non-string panic".into());
-        SeedReport {
-            seed,
-            stats: Stats::default(),
-            sim_time_us: 0,
-            violation: Some(Violation { invariant: "assertion", detail }),
-            trace: Vec::new(),
-        }
-    })
+    super::report_panics(seed, || NodeWorld::new(seed, opts.clone()).run(seed))
 }
 
 impl NodeWorld {
@@ -441,14 +425,7 @@ impl NodeWorld {
         let key =
             format!("{}k{:06}", (b'!' + (self.next_key % 90) as u8) as char, self.next_key).into_bytes();
         let value = format!("v{}", self.next_key).into_bytes();
-        let Some((handle, driver)) = self.slots[k].running.as_ref() else { return };
-        let Some(range) = handle.range_for(&key).map(|r| r.id) else { return };
-        // Send it where this node believes the leader is (the router's job in production).
-        let leader = driver.group_states().into_iter().find(|g| g.range == range).and_then(|g| g.leader);
-        let target = match leader {
-            Some(l) if self.slots[(l.0 - 1) as usize].running.is_some() => (l.0 - 1) as usize,
-            _ => k,
-        };
+        let Some((range, target)) = self.route(k, &key) else { return };
         let (reply, rx) = oneshot::channel();
         let command =
             Command::Put { key: key.clone(), value: value.clone(), condition: SetCondition::Always };
@@ -457,19 +434,26 @@ impl NodeWorld {
         self.step(target, vec![Input::Propose { range, command, reply }]);
     }
 
+    /// The range of `key` and the node to send it to: the one node `k` believes leads the
+    /// range if that node is up (the router's job in production), else `k` itself.
+    fn route(&self, k: usize, key: &[u8]) -> Option<(RangeId, usize)> {
+        let (handle, driver) = self.slots[k].running.as_ref()?;
+        let range = handle.range_for(key)?.id;
+        let leader = driver.group_states().into_iter().find(|g| g.range == range).and_then(|g| g.leader);
+        let target = match leader {
+            Some(l) if self.slots[(l.0 - 1) as usize].running.is_some() => (l.0 - 1) as usize,
+            _ => k,
+        };
+        Some((range, target))
+    }
+
     /// Reads a random acknowledged key at the node `k` believes leads its range.
     fn issue_read(&mut self, k: usize) {
         let pick = self.rng.below(self.acked.len() as u64) as usize;
         let Some((key, expected)) = self.acked.iter().nth(pick).map(|(k, v)| (k.clone(), v.clone())) else {
             return;
         };
-        let Some((handle, driver)) = self.slots[k].running.as_ref() else { return };
-        let Some(range) = handle.range_for(&key).map(|r| r.id) else { return };
-        let leader = driver.group_states().into_iter().find(|g| g.range == range).and_then(|g| g.leader);
-        let target = match leader {
-            Some(l) if self.slots[(l.0 - 1) as usize].running.is_some() => (l.0 - 1) as usize,
-            _ => k,
-        };
+        let Some((range, target)) = self.route(k, &key) else { return };
         let (reply, rx) = oneshot::channel();
         self.reads.push(PendingRead { key: key.clone(), expected, reply: rx });
         self.step(target, vec![Input::Read { range, op: ReadOp::Get { key }, reply }]);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_engine::ids::RangeId;
-use flotilla_engine::kv::{self, Command, CommandResult};
+use flotilla_engine::kv::{Command, CommandResult};
 use flotilla_engine::node::Node;
 use flotilla_engine::raft::NodeId;
 use flotilla_engine::store::{KvError, ReadOp, ReadResult};
@@ -145,12 +145,7 @@ impl KvBackend for ClusterBackend {
         cond: SetCondition,
     ) -> BoxFuture<'_, Result<bool, BackendError>> {
         Box::pin(async move {
-            let condition = match cond {
-                SetCondition::Always => kv::SetCondition::Always,
-                SetCondition::IfAbsent => kv::SetCondition::IfAbsent,
-                SetCondition::IfPresent => kv::SetCondition::IfPresent,
-            };
-            let result = self.command(&key.clone(), Command::Put { key, value, condition }).await?;
+            let result = self.command(&key.clone(), Command::Put { key, value, condition: cond }).await?;
             rejected(result, |r| match r {
                 CommandResult::Written(w) => Some(w),
                 _ => None,

@@ -1146,7 +1146,7 @@ impl RawNode {
                 i = i.prev();
             }
             if self.log.term(i) == Some(term) {
-                next = i.next().min(hint_index.max(i.next()));
+                next = i.next();
             }
         }
         let match_index = p.match_index;

@@ -1038,6 +1038,7 @@ impl Driver {
     /// been applied since their last snapshot.
     fn maybe_compact(&mut self, touched: &[RangeId]) {
         let retain = self.cfg.log_retain_entries;
+        let mut compacted = Vec::new();
         for &range in touched {
             let Some(g) = self.groups.get_mut(&range) else { continue };
             let applied = g.record.applied;
@@ -1054,15 +1055,21 @@ impl Driver {
             }
             if let Ok(meta) = g.raft.compact(applied, data) {
                 g.record.snapshot = Some(meta.clone());
-                if let Ok(mut round) = self.storage.begin_round() {
-                    let ok = round.put_group(range, &g.record).is_ok()
-                        && round.truncate_prefix(range, meta.index).is_ok();
-                    if ok {
-                        let _ = round.commit_with(false);
-                    }
-                }
+                compacted.push((range, g.record.clone(), meta.index));
             }
         }
+        if compacted.is_empty() {
+            return;
+        }
+        // All of this round's compactions in one transaction, without an fsync: losing it in a
+        // crash only leaves a longer log, which the core compacts again.
+        let Ok(mut round) = self.storage.begin_round() else { return };
+        for (range, record, upto) in &compacted {
+            if round.put_group(*range, record).is_err() || round.truncate_prefix(*range, *upto).is_err() {
+                return;
+            }
+        }
+        let _ = round.commit_with(false);
     }
 
     // ------------------------------------------------------------ sending

@@ -44,15 +44,9 @@ pub enum BackendError {
     Internal(String),
 }
 
-/// When a SET takes effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetCondition {
-    Always,
-    /// `NX`: only when the key does not exist.
-    IfAbsent,
-    /// `XX`: only when the key exists.
-    IfPresent,
-}
+/// When a SET takes effect (`NX` = `IfAbsent`, `XX` = `IfPresent`): the engine's own type, so
+/// the gateway and the range state machine cannot drift apart.
+pub use flotilla_engine::kv::SetCondition;
 
 /// What the gateway needs from the cluster.
 ///

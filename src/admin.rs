@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint (`--http`): `/metrics` (Prometheus text), `/status` (JSON), and a
+//! The admin HTTP endpoint (`--http`): `/metrics` (Prometheus text), `/status` (JSON),
+//! `/digest` (per-range data fingerprints, JSON), `/admin/transfer-leader?range=R&to=N`, and a
 //! one-line index. A deliberately tiny HTTP/1.1 server: GET only, one request per connection,
 //! bounded request size and time — enough for Prometheus, curl and the test tools, with no
 //! web framework to build.
@@ -17,10 +18,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent admin connections at most.
 const CONNECTIONS_MAX: usize = 64;
 
+/// A boxed future, so that [`AdminSource`] stays object-safe.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// What the admin endpoint serves.
 pub trait AdminSource: Send + Sync + 'static {
     fn status_json(&self) -> String;
     fn metrics_text(&self) -> String;
+    /// Every hosted range's applied index, key count and data hash; reads all the data.
+    fn digest_json(&self) -> BoxFuture<'_, Result<String, String>>;
+    /// Asks this node's replica of `range` (which must lead it) to hand leadership to `to`.
+    fn transfer_leader(&self, range: u64, to: u64) -> BoxFuture<'_, Result<String, String>>;
+}
+
+/// The value of `name` in a query string like `a=1&b=2`.
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
 
 pub async fn serve(listener: TcpListener, source: Arc<dyn AdminSource>) {
@@ -60,13 +73,30 @@ async fn handle(mut stream: TcpStream, source: Arc<dyn AdminSource>) -> std::io:
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, 405, "text/plain", "only GET is supported\n").await;
     }
-    let path = target.split('?').next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
         "/metrics" => respond(&mut stream, 200, "text/plain; version=0.0.4", &source.metrics_text()).await,
         "/status" => respond(&mut stream, 200, "application/json", &source.status_json()).await,
+        "/digest" => match source.digest_json().await {
+            Ok(json) => respond(&mut stream, 200, "application/json", &json).await,
+            Err(e) => respond(&mut stream, 503, "text/plain", &format!("{e}\n")).await,
+        },
+        "/admin/transfer-leader" => {
+            let range = query_param(query, "range").and_then(|v| v.parse::<u64>().ok());
+            let to = query_param(query, "to").and_then(|v| v.parse::<u64>().ok());
+            let (Some(range), Some(to)) = (range, to) else {
+                let usage = "usage: /admin/transfer-leader?range=RANGE_ID&to=NODE_ID\n";
+                return respond(&mut stream, 400, "text/plain", usage).await;
+            };
+            match source.transfer_leader(range, to).await {
+                Ok(text) => respond(&mut stream, 200, "text/plain", &format!("{text}\n")).await,
+                Err(e) => respond(&mut stream, 409, "text/plain", &format!("{e}\n")).await,
+            }
+        }
         "/" => {
-            respond(&mut stream, 200, "text/plain", "flotilla admin: /status (JSON), /metrics (Prometheus)\n")
-                .await
+            let index = "flotilla admin: /status (JSON), /metrics (Prometheus), /digest (JSON), \
+                         /admin/transfer-leader?range=R&to=N\n";
+            respond(&mut stream, 200, "text/plain", index).await
         }
         _ => respond(&mut stream, 404, "text/plain", "not found: try /status or /metrics\n").await,
     }
@@ -75,7 +105,10 @@ async fn handle(mut stream: TcpStream, source: Arc<dyn AdminSource>) -> std::io:
 async fn respond(stream: &mut TcpStream, code: u16, content_type: &str, body: &str) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
+        409 => "Conflict",
+        503 => "Service Unavailable",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
         _ => "Error",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use flotilla_engine::ids::RangeId;
 use flotilla_engine::node::{Node, NodeConfig};
 use flotilla_engine::raft::NodeId;
 use flotilla_engine::store::StoreConfig;
@@ -201,6 +202,15 @@ impl StartArgs {
         if file.quiesce == Some(false) {
             store.quiesce_idle_ticks = u32::MAX;
         }
+        // Fault-injection tests only: this node's clock runs fast or slow.
+        if let Ok(text) = std::env::var("FLOTILLA_TEST_CLOCK_RATE") {
+            let rate: f64 = text.parse().map_err(|_| anyhow::anyhow!("FLOTILLA_TEST_CLOCK_RATE={text:?} is not a number"))?;
+            if !(0.1..=10.0).contains(&rate) {
+                bail!("FLOTILLA_TEST_CLOCK_RATE must be between 0.1 and 10, got {rate}");
+            }
+            eprintln!("WARNING: FLOTILLA_TEST_CLOCK_RATE={rate}: this node's clock is skewed (testing only)");
+            store.clock_rate = rate;
+        }
         for (what, addr) in [("--resp", resp), ("--http", http)] {
             if addr == listen {
                 bail!("{what} must differ from --listen ({listen})");
@@ -249,6 +259,44 @@ impl AdminSource for Admin {
 
     fn metrics_text(&self) -> String {
         self.prometheus.render()
+    }
+
+    fn digest_json(&self) -> admin::BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let digests = self.node.store.digests().await.map_err(|e| e.to_string())?;
+            let ranges: Vec<serde_json::Value> = digests
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "id": d.range.0,
+                        "applied": d.applied.0,
+                        "keys": d.keys,
+                        "hash": format!("{:016x}", d.hash),
+                    })
+                })
+                .collect();
+            Ok(serde_json::json!({"node_id": self.node.id.0, "ranges": ranges}).to_string())
+        })
+    }
+
+    fn transfer_leader(&self, range: u64, to: u64) -> admin::BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let range = RangeId(range);
+            let to = NodeId(to);
+            let desc = self.node.store.ranges().iter().find(|r| r.id == range).cloned();
+            let Some(desc) = desc else { return Err(format!("{range} is not hosted on this node")) };
+            if !desc.replicas.contains(&to) {
+                return Err(format!("{to} holds no replica of {range}"));
+            }
+            if self.node.store.leader_of(range) != Some(self.node.id) {
+                return Err(format!(
+                    "this node does not lead {range} (leader: {:?}); ask the leader",
+                    self.node.store.leader_of(range).map(|n| n.0)
+                ));
+            }
+            self.node.store.transfer_leader(range, to).await.map_err(|e| e.to_string())?;
+            Ok(format!("asked {range} to transfer its leadership to {to}"))
+        })
     }
 }
 

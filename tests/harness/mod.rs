@@ -24,6 +24,8 @@ pub struct Cluster {
     join: String,
     ranges: u32,
     extra_args: Vec<String>,
+    /// Environment for the nodes' processes: (node or every node, name, value).
+    env: Vec<(Option<usize>, String, String)>,
 }
 
 /// A base port unlikely to collide with other tests running at the same time, and below the
@@ -40,6 +42,30 @@ impl Cluster {
     }
 
     pub fn start_with(name: &str, n: usize, ranges: u32, extra_args: &[&str]) -> Cluster {
+        Cluster::start_with_env(name, n, ranges, extra_args, &[])
+    }
+
+    /// Like `start_with`, with environment variables for every node (`None`) or one node.
+    pub fn start_with_env(
+        name: &str,
+        n: usize,
+        ranges: u32,
+        extra_args: &[&str],
+        env: &[(Option<usize>, &str, &str)],
+    ) -> Cluster {
+        let mut cluster = Cluster::prepare(name, n, ranges, extra_args, env);
+        cluster.start_all();
+        cluster
+    }
+
+    /// A cluster's addresses and directories, with no process started yet.
+    pub fn prepare(
+        name: &str,
+        n: usize,
+        ranges: u32,
+        extra_args: &[&str],
+        env: &[(Option<usize>, &str, &str)],
+    ) -> Cluster {
         let port = base_port(name);
         let nodes: Vec<Node> = (1..=n)
             .map(|id| Node {
@@ -51,20 +77,36 @@ impl Cluster {
             })
             .collect();
         let join = nodes.iter().map(|n| n.listen.to_string()).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster {
+        Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             nodes,
             join,
             ranges,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        for id in 1..=n {
-            cluster.spawn(id);
+            env: env.iter().map(|(n, k, v)| (*n, k.to_string(), v.to_string())).collect(),
         }
-        for id in 1..=n {
-            cluster.wait_ping(id);
+    }
+
+    /// Starts every node and waits for each to answer PING.
+    pub fn start_all(&mut self) {
+        for id in 1..=self.nodes.len() {
+            self.spawn(id);
         }
-        cluster
+        for id in 1..=self.nodes.len() {
+            self.wait_ping(id);
+        }
+    }
+
+    /// If node `id`'s process has exited on its own, forgets it and returns how it ended.
+    pub fn exited(&mut self, id: usize) -> Option<std::process::ExitStatus> {
+        let status = self.nodes[id - 1].child.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
+        self.nodes[id - 1].child = None;
+        Some(status)
+    }
+
+    /// The whole log of node `id`.
+    pub fn log(&self, id: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{id}.log"))).unwrap_or_default()
     }
 
     pub fn data_dir(&self, id: usize) -> PathBuf {
@@ -78,7 +120,9 @@ impl Cluster {
             .open(self.dir.path().join(format!("n{id}.log")))
             .expect("log file");
         let node = &self.nodes[id - 1];
+        let env = self.env.iter().filter(|(n, _, _)| n.is_none_or(|n| n == id)).map(|(_, k, v)| (k, v));
         let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .envs(env)
             .args(["start", "--id", &id.to_string(), "--listen", &node.listen.to_string()])
             .args(["--resp", &node.resp.to_string(), "--http", &node.http.to_string(), "--join", &self.join])
             .args(["--insecure", "--initial-ranges", &self.ranges.to_string()])

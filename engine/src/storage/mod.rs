@@ -18,10 +18,13 @@
 //! - a failed commit poisons the store (`StorageError::Poisoned`): fsync failures are never
 //!   retried, because the kernel may have dropped the dirty pages (the "fsyncgate" lesson);
 //! - every log entry is stored with a CRC-32C of its encoding; a mismatch on load is
-//!   `StorageError::Corrupt`, never a silently applied entry.
+//!   `StorageError::Corrupt`, never a silently applied entry;
+//! - every value is stored with a CRC-32C of its key and value; a mismatch on read is
+//!   `StorageError::Corrupt`, never a served value (format 2).
 
 mod faulty;
 mod simdisk;
+mod writeback;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use faulty::{Faults, FaultyBackend};
 pub use simdisk::SimDisk;
+pub use writeback::WritebackBackend;
 
 use crate::ids::RangeId;
 use crate::raft::{Entry, HardState, InitialState, LogIndex, NodeId, Snapshot, SnapshotMeta};
@@ -51,7 +55,7 @@ const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// On-disk format version; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -105,17 +109,62 @@ pub struct GroupRecord {
     pub applied: LogIndex,
 }
 
-/// CRC-32C (Castagnoli), bitwise; entries are small, and this keeps dependencies at zero.
-pub fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
+/// The CRC-32C lookup table, built at compile time.
+const CRC32C_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
             let mask = (crc & 1).wrapping_neg();
             crc = (crc >> 1) ^ (0x82F6_3B78 & mask);
+            bit += 1;
         }
+        table[i] = crc;
+        i += 1;
     }
-    !crc
+    table
+};
+
+/// CRC-32C (Castagnoli), one table lookup per byte; keeps dependencies at zero.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    !crc32c_update(!0u32, bytes)
+}
+
+fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
+    for &b in bytes {
+        crc = (crc >> 8) ^ CRC32C_TABLE[((crc ^ u32::from(b)) & 0xff) as usize];
+    }
+    crc
+}
+
+/// The checksum stored after each value: CRC-32C over the key, then the value, so a flipped
+/// bit in either — or a value that ended up under another key — is caught on read.
+fn value_sum(key: &[u8], value: &[u8]) -> u32 {
+    !crc32c_update(crc32c_update(!0u32, key), value)
+}
+
+/// A value as stored in the data table: the value, then its 4-byte checksum.
+fn seal_value(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 4);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&value_sum(key, value).to_le_bytes());
+    out
+}
+
+/// Checks and strips a stored value's checksum. A mismatch is `Corrupt`: the value is never
+/// served, shipped in a snapshot, or built upon.
+fn open_value(key: &[u8], stored: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let corrupt = |what: &str| StorageError::Corrupt(format!("value of key {key:02x?}: {what}"));
+    let split = stored.len().checked_sub(4).ok_or_else(|| corrupt("shorter than its checksum"))?;
+    let (value, sum) = stored.split_at(split);
+    let sum = u32::from_le_bytes(sum.try_into().map_err(|_| corrupt("bad checksum field"))?);
+    if value_sum(key, value) != sum {
+        metrics::counter!("flotilla_storage_corrupt_values_total").increment(1);
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok(value.to_vec())
 }
 
 fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
@@ -165,6 +214,22 @@ impl NodeStorage {
     /// Opens (or creates) the database file at `path`.
     pub fn open(path: &Path) -> Result<NodeStorage, StorageError> {
         let db = Database::create(path).map_err(|e| StorageError::Io(format!("{}: {e}", path.display())))?;
+        NodeStorage::init(db)
+    }
+
+    /// Like [`open`](Self::open), but every write stays in this process's memory until an
+    /// fsync: a killed process then loses what a power cut would. Fault-injection tests only.
+    pub fn open_writeback(path: &Path) -> Result<NodeStorage, StorageError> {
+        let fail = |e: &dyn std::fmt::Display| StorageError::Io(format!("{}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| fail(&e))?;
+        let backend = WritebackBackend::new(file).map_err(|e| fail(&e))?;
+        let db = Database::builder().create_with_backend(backend).map_err(|e| fail(&e))?;
         NodeStorage::init(db)
     }
 
@@ -303,7 +368,8 @@ impl NodeStorage {
         self.check_poison()?;
         let txn = self.db.begin_read().map_err(io)?;
         let table = txn.open_table(DATA).map_err(io)?;
-        Ok(table.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+        let stored = table.get(key).map_err(io)?;
+        stored.map(|v| open_value(key, v.value())).transpose()
     }
 
     /// Up to `limit` pairs with keys in `[start, end)` (`end` empty = unbounded), in key order.
@@ -319,7 +385,8 @@ impl NodeStorage {
         let mut out = Vec::new();
         for row in rows.take(limit) {
             let (k, v) = row.map_err(io)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
+            let value = open_value(k.value(), v.value())?;
+            out.push((k.value().to_vec(), value));
         }
         Ok(out)
     }
@@ -343,10 +410,53 @@ impl NodeStorage {
         let mut pairs = Vec::new();
         for row in rows {
             let (k, v) = row.map_err(io)?;
-            pairs.push((k.value().to_vec(), v.value().to_vec()));
+            let value = open_value(k.value(), v.value())?;
+            pairs.push((k.value().to_vec(), value));
         }
         Ok((applied, encode(&SnapshotData { descriptor: desc.clone(), pairs })?))
     }
+}
+
+impl NodeStorage {
+    /// A fingerprint of a range's data at its applied index (one read transaction): replicas
+    /// that applied the same entries must agree on it. Every value's checksum is verified.
+    pub fn range_digest(&self, desc: &RangeDescriptor) -> Result<RangeDigest, StorageError> {
+        self.check_poison()?;
+        let txn = self.db.begin_read().map_err(io)?;
+        let groups = txn.open_table(GROUPS).map_err(io)?;
+        let applied = match groups.get(desc.id.0).map_err(io)? {
+            Some(v) => decode::<GroupRecord>("group record", v.value())?.applied,
+            None => LogIndex::ZERO,
+        };
+        let table = txn.open_table(DATA).map_err(io)?;
+        let rows = if desc.end.is_empty() {
+            table.range(desc.start.as_slice()..).map_err(io)?
+        } else {
+            table.range(desc.start.as_slice()..desc.end.as_slice()).map_err(io)?
+        };
+        let (mut hash, mut keys) = (0xcbf2_9ce4_8422_2325u64, 0u64);
+        for row in rows {
+            let (k, v) = row.map_err(io)?;
+            let value = open_value(k.value(), v.value())?;
+            for part in [k.value(), value.as_slice()] {
+                for &b in (part.len() as u64).to_le_bytes().iter().chain(part) {
+                    hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+            keys += 1;
+        }
+        Ok(RangeDigest { range: desc.id, applied, keys, hash })
+    }
+}
+
+/// See [`NodeStorage::range_digest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDigest {
+    pub range: RangeId,
+    pub applied: LogIndex,
+    pub keys: u64,
+    /// FNV-1a over every (key length, key, value length, value) in key order.
+    pub hash: u64,
 }
 
 /// Checks that snapshot data from a peer decodes and belongs to `range`, before anything acts
@@ -442,7 +552,7 @@ impl Round<'_> {
                 t.retain_in(desc.start.as_slice()..desc.end.as_slice(), |_, _| false).map_err(io)?;
             }
             for (k, v) in &data.pairs {
-                t.insert(k.as_slice(), v.as_slice()).map_err(io)?;
+                t.insert(k.as_slice(), seal_value(k, v).as_slice()).map_err(io)?;
             }
         }
         self.put_range(&desc)?;
@@ -456,13 +566,13 @@ impl Round<'_> {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let t = self.txn.open_table(DATA).map_err(io)?;
-        let value = t.get(key).map_err(io)?.map(|v| v.value().to_vec());
-        Ok(value)
+        let stored = t.get(key).map_err(io)?;
+        stored.map(|v| open_value(key, v.value())).transpose()
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         let mut t = self.txn.open_table(DATA).map_err(io)?;
-        t.insert(key, value).map_err(io)?;
+        t.insert(key, seal_value(key, value).as_slice()).map_err(io)?;
         Ok(())
     }
 

@@ -18,6 +18,7 @@ fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
 fn each_backend(test: impl Fn(&str, NodeStorage)) {
     let dir = tempfile::tempdir().expect("tempdir");
     test("file", NodeStorage::open(&dir.path().join("node.redb")).expect("open file"));
+    test("writeback", NodeStorage::open_writeback(&dir.path().join("wb.redb")).expect("open writeback"));
     test("memory", NodeStorage::in_memory().expect("open memory"));
     let faults = Arc::new(Faults::default());
     let backend = FaultyBackend::new(redb::backends::InMemoryBackend::new(), faults);
@@ -298,4 +299,59 @@ fn sim_disk_crash_keeps_synced_rounds_and_loses_unsynced_ones() {
     let s = NodeStorage::with_backend(next).unwrap();
     assert_eq!(s.get(b"durable").unwrap(), Some(b"1".to_vec()), "a synced round survives a crash");
     assert_eq!(s.get(b"volatile").unwrap(), None, "an unsynced round is lost in a crash");
+}
+
+#[test]
+fn a_corrupted_value_is_detected_and_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.redb");
+    let desc = RangeDescriptor { id: RangeId(1), start: Vec::new(), end: Vec::new(), replicas: vec![] };
+    let value = b"CORRUPT-ME-0123456789-CORRUPT-ME".repeat(4);
+    {
+        let s = NodeStorage::open(&path).expect("open");
+        let mut round = s.begin_round().expect("round");
+        round.put(b"victim", &value).expect("put");
+        round.put(b"bystander", b"fine").expect("put");
+        round.commit().expect("commit");
+        assert_eq!(s.get(b"victim").expect("get"), Some(value.clone()));
+    }
+    // Flip one byte in every stored copy of the value.
+    let mut bytes = std::fs::read(&path).expect("read file");
+    let mut flipped = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes[at..].windows(value.len()).position(|w| w == value.as_slice()) {
+        bytes[at + pos + 7] ^= 0x20;
+        flipped += 1;
+        at += pos + value.len();
+    }
+    assert!(flipped > 0, "the value was not found in the file");
+    std::fs::write(&path, &bytes).expect("write file");
+
+    let s = NodeStorage::open(&path).expect("reopen");
+    assert!(matches!(s.get(b"victim"), Err(StorageError::Corrupt(_))), "{:?}", s.get(b"victim"));
+    assert_eq!(s.get(b"bystander").expect("the other key is intact"), Some(b"fine".to_vec()));
+    assert!(matches!(s.scan(b"", b"", 10), Err(StorageError::Corrupt(_))));
+    assert!(matches!(s.snapshot_range(&desc), Err(StorageError::Corrupt(_))), "no corrupt snapshot");
+    assert!(matches!(s.range_digest(&desc), Err(StorageError::Corrupt(_))));
+    let round = s.begin_round().expect("round");
+    assert!(matches!(round.get(b"victim"), Err(StorageError::Corrupt(_))), "no read-modify-write on it");
+}
+
+#[test]
+fn digests_agree_exactly_when_the_data_does() {
+    let desc = RangeDescriptor { id: RangeId(1), start: Vec::new(), end: Vec::new(), replicas: vec![] };
+    let digest = |pairs: &[(&[u8], &[u8])]| {
+        let s = NodeStorage::in_memory().expect("open");
+        let mut round = s.begin_round().expect("round");
+        for (k, v) in pairs {
+            round.put(k, v).expect("put");
+        }
+        round.commit().expect("commit");
+        s.range_digest(&desc).expect("digest")
+    };
+    let a = digest(&[(b"a", b"1"), (b"b", b"2")]);
+    assert_eq!(a, digest(&[(b"b", b"2"), (b"a", b"1")]));
+    assert_eq!(a.keys, 2);
+    assert_ne!(a.hash, digest(&[(b"a", b"1"), (b"b", b"3")]).hash);
+    assert_ne!(a.hash, digest(&[(b"a", b"12")]).hash, "boundaries are part of the hash");
 }

@@ -42,7 +42,7 @@ use crate::raft::{
     Config, EntryPayload, InitialState, LogIndex, Membership, Message, MessageBody, NodeId, RaftError,
     RawNode, ReadMode, Role, Term,
 };
-use crate::storage::{GroupRecord, NodeStorage, RangeDescriptor, StorageError};
+use crate::storage::{GroupRecord, NodeStorage, RangeDescriptor, RangeDigest, StorageError};
 use crate::transport::wire::{HeartbeatEntry, HeartbeatResponseEntry, RaftBatch, SnapshotChunk};
 
 /// Capacity of the driver's input channel; senders wait (proposals) or drop (peer batches)
@@ -90,6 +90,10 @@ pub struct StoreConfig {
     pub snapshot_chunks_per_round: usize,
     /// A snapshot being received may not exceed this (memory bound on the receiver).
     pub snapshot_bytes_max: u64,
+    /// How fast this node's clock runs relative to real time: 1.0 except in fault-injection
+    /// tests. Leases stay safe while the drift between replicas stays within
+    /// `lease_drift_ticks` per election timeout.
+    pub clock_rate: f64,
 }
 
 impl StoreConfig {
@@ -106,6 +110,7 @@ impl StoreConfig {
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_per_round: 4,
             snapshot_bytes_max: 4 << 30,
+            clock_rate: 1.0,
         }
     }
 
@@ -140,6 +145,8 @@ pub enum Input {
     Propose { range: RangeId, command: Command, reply: Reply<CommandResult> },
     Read { range: RangeId, op: ReadOp, reply: Reply<ReadResult> },
     TransferLeader { range: RangeId, to: NodeId },
+    /// Fingerprints of every hosted range's data, for convergence checks.
+    Digest { reply: Reply<Vec<RangeDigest>> },
     Tick,
 }
 
@@ -249,6 +256,17 @@ impl StoreHandle {
         rx.await.map_err(|_| KvError::Unavailable("the node stopped before the read completed".into()))?
     }
 
+    /// Fingerprints (applied index, key count, data hash) of every range hosted here, each
+    /// taken at its applied index. Costs a full read of the data: a test and repair tool.
+    pub async fn digests(&self) -> Result<Vec<RangeDigest>, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Digest { reply })
+            .await
+            .map_err(|_| KvError::Unavailable("the node is shutting down".into()))?;
+        rx.await.map_err(|_| KvError::Unavailable("the node stopped before the digest completed".into()))?
+    }
+
     pub async fn transfer_leader(&self, range: RangeId, to: NodeId) -> Result<(), KvError> {
         self.tx
             .send(Input::TransferLeader { range, to })
@@ -306,21 +324,36 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Duration;
 }
 
-/// `Instant`-based time.
+/// `Instant`-based time, optionally running at a skewed rate (fault-injection tests only: a
+/// node whose clock runs fast or slow).
 #[derive(Debug)]
 pub struct MonotonicClock {
     origin: Instant,
+    rate: f64,
 }
 
 impl Default for MonotonicClock {
     fn default() -> Self {
-        MonotonicClock { origin: Instant::now() }
+        MonotonicClock { origin: Instant::now(), rate: 1.0 }
+    }
+}
+
+impl MonotonicClock {
+    /// A clock that advances `rate` seconds per real second (`rate` > 0).
+    pub fn with_rate(rate: f64) -> MonotonicClock {
+        assert!(rate.is_finite() && rate > 0.0, "clock rate must be positive, got {rate}");
+        MonotonicClock { origin: Instant::now(), rate }
     }
 }
 
 impl Clock for MonotonicClock {
     fn now(&self) -> Duration {
-        self.origin.elapsed()
+        let elapsed = self.origin.elapsed();
+        if self.rate == 1.0 {
+            elapsed
+        } else {
+            elapsed.mul_f64(self.rate)
+        }
     }
 }
 
@@ -365,8 +398,8 @@ pub fn start(
     peers: Vec<NodeId>,
     send: BatchSender,
 ) -> Result<(StoreHandle, std::thread::JoinHandle<()>), KvError> {
-    let (handle, mut driver) =
-        build(cfg, storage, bootstrap, peers, send, Arc::new(MonotonicClock::default()))?;
+    let clock = Arc::new(MonotonicClock::with_rate(cfg.clock_rate));
+    let (handle, mut driver) = build(cfg, storage, bootstrap, peers, send, clock)?;
     let thread = std::thread::Builder::new()
         .name(format!("flotilla-driver-{}", driver.cfg.node_id.0))
         .spawn(move || driver.run())
@@ -721,6 +754,11 @@ impl Driver {
                     self.touched.insert(range);
                 }
             }
+            Input::Digest { reply } => {
+                let digests: Result<Vec<RangeDigest>, StorageError> =
+                    self.groups.values().map(|g| self.storage.range_digest(&g.desc)).collect();
+                let _ = reply.send(digests.map_err(|e| KvError::Storage(e.to_string())));
+            }
         }
     }
 
@@ -981,6 +1019,15 @@ impl Driver {
             if let Some(soft) = rd.soft_state {
                 if soft.role == Role::Leader {
                     metrics::counter!("flotilla_raft_elections_won_total").increment(1);
+                    if let Some(g) = self.groups.get(&range) {
+                        // Tests read these lines to check at most one leader per term.
+                        tracing::info!(
+                            node = self.cfg.node_id.0,
+                            range = range.0,
+                            term = g.raft.term().0,
+                            "became leader"
+                        );
+                    }
                 }
                 if soft.role != Role::Leader {
                     self.fail_pending_reads(range);

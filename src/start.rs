@@ -211,6 +211,13 @@ impl StartArgs {
             eprintln!("WARNING: FLOTILLA_TEST_CLOCK_RATE={rate}: this node's clock is skewed (testing only)");
             store.clock_rate = rate;
         }
+        if let Ok(text) = std::env::var("FLOTILLA_TEST_LOSE_UNSYNCED") {
+            if text != "1" {
+                bail!("FLOTILLA_TEST_LOSE_UNSYNCED must be 1 or unset, got {text:?}");
+            }
+            eprintln!("WARNING: FLOTILLA_TEST_LOSE_UNSYNCED=1: unsynced writes live in memory (testing only)");
+            store.lose_unsynced_writes = true;
+        }
         for (what, addr) in [("--resp", resp), ("--http", http)] {
             if addr == listen {
                 bail!("{what} must differ from --listen ({listen})");

@@ -94,6 +94,9 @@ pub struct StoreConfig {
     /// tests. Leases stay safe while the drift between replicas stays within
     /// `lease_drift_ticks` per election timeout.
     pub clock_rate: f64,
+    /// Fault-injection tests only: keep disk writes in memory until each fsync, so that a
+    /// killed process loses what a power cut would (`NodeStorage::open_writeback`).
+    pub lose_unsynced_writes: bool,
 }
 
 impl StoreConfig {
@@ -111,6 +114,7 @@ impl StoreConfig {
             snapshot_chunks_per_round: 4,
             snapshot_bytes_max: 4 << 30,
             clock_rate: 1.0,
+            lose_unsynced_writes: false,
         }
     }
 

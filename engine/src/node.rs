@@ -6,6 +6,15 @@
 //! executes it on its own replica only — never forwards again — and answers `NotLeader` with a
 //! hint if it no longer leads, so a request crosses at most one hop per attempt and the caller
 //! (the router) retries with the hint.
+//!
+//! Native clients (`flotilla_router::client::Client`, over the transport's client role) send
+//! the same `KvRequest`s straight to the node they believe leads the range, and
+//! `KvRequest::Describe` to learn the members, the ranges and the leaders this node knows of.
+//! The handler treats them like forwarded requests: run on the local replica only, never
+//! forwarded again.
+//!
+//! Test chaos: `Node::start` reads `FLOTILLA_TEST_CHAOS` (see `transport::chaos`); a bad spec
+//! stops the node from starting, a good one turns on fault injection with a loud warning.
 
 #![allow(clippy::disallowed_methods)] // a node owns threads and the clock
 
@@ -23,7 +32,7 @@ use crate::raft::NodeId;
 use crate::storage::{NodeStorage, StorageError};
 use crate::store::{self, BatchSender, KvError, ReadOp, ReadResult, StoreConfig, StoreHandle};
 use crate::transport::{
-    handler_fn, QuicConfig, QuicTransport, RaftBatch, TlsMode, Transport, TransportError,
+    handler_fn, ChaosConfig, QuicConfig, QuicTransport, RaftBatch, TlsMode, Transport, TransportError,
 };
 
 /// A forwarded request gives up after this; a write's outcome is then unknown.
@@ -58,17 +67,91 @@ pub enum NodeError {
     Store(#[from] KvError),
 }
 
-/// A request forwarded from another node.
+/// A request from another node (forwarded) or from a client. New variants go at the end: the
+/// postcard encoding numbers variants by position.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum KvRequest {
-    Propose { range: RangeId, command: Command },
-    Read { range: RangeId, op: ReadOp },
+    Propose {
+        range: RangeId,
+        command: Command,
+    },
+    Read {
+        range: RangeId,
+        op: ReadOp,
+    },
+    /// What this node knows of the cluster: answered with [`KvResponse::Describe`].
+    Describe,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum KvResponse {
     Command(Result<CommandResult, KvError>),
     Read(Result<ReadResult, KvError>),
+    Describe(ClusterDescription),
+}
+
+/// The cluster as one node sees it: enough for a client to route every key to a leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterDescription {
+    /// The node that answered.
+    pub node: NodeId,
+    pub cluster_id: String,
+    /// Every member and its `--listen` address (where clients connect too).
+    pub members: Vec<MemberInfo>,
+    /// Every range this node hosts, ordered by start key.
+    pub ranges: Vec<RangeInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeInfo {
+    pub id: RangeId,
+    /// Inclusive start key.
+    pub start: Vec<u8>,
+    /// Exclusive end key; empty means the end of the keyspace.
+    pub end: Vec<u8>,
+    pub replicas: Vec<NodeId>,
+    /// The leader as the answering node believes it, `None` when unknown or presumed dead.
+    pub leader: Option<NodeId>,
+}
+
+impl RangeInfo {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+/// What `store` knows of the cluster, answered for `KvRequest::Describe`.
+fn describe(
+    node: NodeId,
+    cluster_id: &str,
+    members: &[(NodeId, SocketAddr)],
+    store: &StoreHandle,
+) -> ClusterDescription {
+    let mut ranges: Vec<RangeInfo> = store
+        .ranges()
+        .iter()
+        .map(|r| RangeInfo {
+            id: r.id,
+            start: r.start.clone(),
+            end: r.end.clone(),
+            replicas: r.replicas.clone(),
+            // A leader on a node presumed dead is no leader worth sending requests to.
+            leader: store.leader_of(r.id).filter(|&l| l == node || !store.peer_dead(l)),
+        })
+        .collect();
+    ranges.sort_by(|a, b| a.start.cmp(&b.start));
+    ClusterDescription {
+        node,
+        cluster_id: cluster_id.to_string(),
+        members: members.iter().map(|&(id, addr)| MemberInfo { id, addr }).collect(),
+        ranges,
+    }
 }
 
 /// A running node.
@@ -77,6 +160,7 @@ pub struct Node {
     pub listen: SocketAddr,
     pub members: Vec<(NodeId, SocketAddr)>,
     pub store: StoreHandle,
+    cluster_id: String,
     transport: Arc<QuicTransport>,
 }
 
@@ -102,7 +186,12 @@ impl Node {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             NodeError::Config(format!("cannot create data dir {}: {e}", cfg.data_dir.display()))
         })?;
-        let storage = NodeStorage::open(&cfg.data_dir.join("flotilla.redb"))?;
+        let path = cfg.data_dir.join("flotilla.redb");
+        let storage = if cfg.store.lose_unsynced_writes {
+            NodeStorage::open_writeback(&path)?
+        } else {
+            NodeStorage::open(&path)?
+        };
         storage.claim(cfg.id, &cfg.cluster_id)?;
 
         let peers: Vec<(NodeId, SocketAddr)> =
@@ -110,8 +199,11 @@ impl Node {
         let (inbound_tx, mut inbound_rx) = mpsc::channel::<RaftBatch>(INBOUND_BATCHES_MAX);
         let store_slot: Arc<std::sync::OnceLock<StoreHandle>> = Arc::new(std::sync::OnceLock::new());
         let handler_store = store_slot.clone();
+        let (me, cluster_id, members) = (cfg.id, cfg.cluster_id.clone(), Arc::new(cfg.members.clone()));
+        // `from` is a peer's id, or `CLIENT_NODE_ID` for a client: both may ask anything here.
         let handler = handler_fn(move |_from: NodeId, payload: Vec<u8>| {
             let store = handler_store.get().cloned();
+            let (cluster_id, members) = (cluster_id.clone(), Arc::clone(&members));
             async move {
                 let response = match (store, postcard::from_bytes::<KvRequest>(&payload)) {
                     (None, _) => KvResponse::Command(Err(KvError::Unavailable("node is starting".into()))),
@@ -124,6 +216,9 @@ impl Node {
                     (Some(store), Ok(KvRequest::Read { range, op })) => {
                         KvResponse::Read(store.read(range, op).await)
                     }
+                    (Some(store), Ok(KvRequest::Describe)) => {
+                        KvResponse::Describe(describe(me, &cluster_id, &members, &store))
+                    }
                 };
                 postcard::to_stdvec(&response).unwrap_or_default()
             }
@@ -134,6 +229,16 @@ impl Node {
         // node-liveness window so that a restarted peer is reachable again quickly.
         quic.keep_alive_interval = Duration::from_millis(300);
         quic.idle_timeout = Duration::from_millis(1_500);
+        quic.chaos = ChaosConfig::from_env().map_err(NodeError::Config)?;
+        if let Some(chaos) = &quic.chaos {
+            // Loud on purpose: a node with chaos on must never be mistaken for a healthy one.
+            eprintln!(
+                "WARNING: node {}: TEST CHAOS ON ({}={chaos}): Raft batches to peers are delayed, \
+                 reordered, duplicated and dropped. For fault-injection tests only.",
+                cfg.id,
+                crate::transport::chaos::CHAOS_ENV_VAR
+            );
+        }
         let transport = Arc::new(QuicTransport::start(quic, inbound_tx, handler).await?);
 
         let sender = transport.clone();
@@ -161,7 +266,24 @@ impl Node {
                 }
             })
             .map_err(|e| NodeError::Config(format!("cannot start the ticker: {e}")))?;
-        Ok(Node { id: cfg.id, listen: cfg.listen, members: cfg.members, store: handle, transport })
+        Ok(Node {
+            id: cfg.id,
+            listen: cfg.listen,
+            members: cfg.members,
+            store: handle,
+            cluster_id: cfg.cluster_id,
+            transport,
+        })
+    }
+
+    /// What this node knows of the cluster (what `KvRequest::Describe` answers).
+    pub fn describe(&self) -> ClusterDescription {
+        describe(self.id, &self.cluster_id, &self.members, &self.store)
+    }
+
+    /// Client connections this node serves right now.
+    pub fn clients_connected(&self) -> usize {
+        self.transport.clients_connected()
     }
 
     /// Proposes `command` on `range` at `node` (this node or another, forwarded).
@@ -176,7 +298,9 @@ impl Node {
         }
         match self.forward(node, KvRequest::Propose { range, command }).await? {
             KvResponse::Command(result) => result,
-            KvResponse::Read(_) => Err(KvError::Unknown("mismatched response".into())),
+            KvResponse::Read(_) | KvResponse::Describe(_) => {
+                Err(KvError::Unknown("mismatched response".into()))
+            }
         }
     }
 
@@ -187,7 +311,9 @@ impl Node {
         }
         match self.forward(node, KvRequest::Read { range, op }).await? {
             KvResponse::Read(result) => result,
-            KvResponse::Command(_) => Err(KvError::Unavailable("mismatched response".into())),
+            KvResponse::Command(_) | KvResponse::Describe(_) => {
+                Err(KvError::Unavailable("mismatched response".into()))
+            }
         }
     }
 
@@ -204,8 +330,8 @@ impl Node {
             Err(e @ TransportError::Unreachable { .. }) => {
                 Err(KvError::Unavailable(format!("cannot reach {node}: {e}")))
             }
-            // Anything else may have happened after the leader got the write: its outcome is
-            // unknown, and saying "failed" could be a lie.
+            // Anything else (a timeout, a lost stream: the request was sent) may have happened
+            // after the leader got the write: its outcome is unknown, and "failed" could be a lie.
             Err(e) if is_write => Err(KvError::Unknown(format!("forwarded write to {node}: {e}"))),
             Err(e) => Err(KvError::Unavailable(format!("read via {node} failed: {e}"))),
         }

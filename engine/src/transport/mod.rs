@@ -7,6 +7,15 @@
 //!
 //! Both pass the same conformance tests (engine/tests/transport_quic.rs).
 //!
+//! Besides peer nodes, a node's QUIC endpoint serves **clients** ([`client`]): processes that
+//! are not nodes (the benchmark harness, `flotilla kv`). A client's Hello carries
+//! [`CLIENT_NODE_ID`] (node id 0); a client is never a Raft peer — it sends no batches, gets
+//! none, is never dialled back — and its requests reach the same [`RequestHandler`] with
+//! `from = CLIENT_NODE_ID`.
+//!
+//! [`chaos`] is a test-only fault injector for outgoing Raft batches (delay, reorder,
+//! duplicate, drop), enabled only by the `FLOTILLA_TEST_CHAOS` environment variable.
+//!
 //! Layering, as in mini-redis: [`frame`] (bytes ↔ typed frames, bounded and checked) →
 //! [`quic`] (connections, streams, reconnects) → the [`Transport`] trait the host sees. [`wire`]
 //! holds what the host says ([`wire::RaftBatch`]); [`tls`] holds certificates and rustls configs.
@@ -26,17 +35,25 @@ use std::time::Duration;
 
 use crate::raft::NodeId;
 
+pub mod chaos;
+pub mod client;
 pub mod frame;
 pub mod mem;
 pub mod quic;
 pub mod tls;
 pub mod wire;
 
+pub use chaos::ChaosConfig;
+pub use client::{ClientConnection, ClientEndpoint, ClientEndpointConfig};
 pub use frame::FrameError;
 pub use mem::{MemHub, MemTransport};
 pub use quic::{QuicConfig, QuicTransport};
 pub use tls::TlsMode;
 pub use wire::RaftBatch;
+
+/// The node id a client names in its Hello, and the `from` its requests carry. Node ids of real
+/// nodes are positive, so this can never be mistaken for a peer.
+pub const CLIENT_NODE_ID: NodeId = NodeId(0);
 
 /// A boxed, sendable future; what [`RequestHandler::handle`] returns so the trait stays
 /// object-safe (`Arc<dyn RequestHandler>`).
@@ -58,10 +75,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// - A delivered batch has `from` = the sending node and `to` = the receiving node: the
 ///   transport checks both against the node ids exchanged when the connection was set up.
 /// - [`request`](Transport::request) returns the handler's answer, or fails with
-///   [`TransportError::Unreachable`] (no connection to the peer within the timeout) or
-///   [`TransportError::Timeout`] (connected, but no answer in time). A failed request may or may
-///   not have run on the peer: requests must be idempotent or carry their own deduplication.
+///   [`TransportError::Unreachable`] — nothing was sent (no connection, or no stream free,
+///   within the timeout), so the request did **not** run — or with [`TransportError::Timeout`]
+///   / [`TransportError::Lost`] (sent, then no answer in time / the stream or connection
+///   failed), after which the request may or may not have run on the peer: such requests must
+///   be idempotent, carry their own deduplication, or be reported as of unknown outcome.
 /// - Nothing here persists anything; durability before sending is the host's job (STYLE.md 4).
+///
+/// **Test chaos.** With `QuicConfig::chaos` set (only ever from the `FLOTILLA_TEST_CHAOS`
+/// environment variable, see [`chaos`]) the QUIC transport deliberately breaks the first two
+/// promises: batches are delayed, reordered, duplicated and dropped. That is the point — Raft
+/// tolerates all four, so the host must stay correct (safe, and live once the chaos stops)
+/// under them; a host that breaks under chaos has a bug that real networks would find later.
 ///
 /// `request` returns `impl Future + Send` rather than a boxed future: the host is generic over
 /// its transport, so static dispatch costs nothing and saves an allocation per request. The
@@ -123,6 +148,10 @@ pub enum TransportError {
     /// Connected, but no answer within the timeout; the request may or may not have run.
     #[error("request to node {peer} timed out after {timeout:?}")]
     Timeout { peer: NodeId, timeout: Duration },
+    /// The request was sent, then its stream or connection failed before the answer: it may or
+    /// may not have run on the peer.
+    #[error("request to node {peer} lost: {reason}")]
+    Lost { peer: NodeId, reason: String },
     /// The peer's transport could not produce an answer (for example, the answer was too big).
     #[error("node {peer} failed the request: {message}")]
     Remote { peer: NodeId, message: String },
@@ -135,6 +164,12 @@ pub enum TransportError {
     /// (TLS refused, wrong cluster, a bad Hello).
     #[error("handshake with {addr} failed: {reason}")]
     Handshake { addr: std::net::SocketAddr, reason: String },
+    /// The node at `addr` belongs to another cluster (its close reason says which).
+    #[error("{addr} is in another cluster: {reason}")]
+    WrongCluster { addr: std::net::SocketAddr, reason: String },
+    /// The node at `addr` refused the connection (for example: too many clients).
+    #[error("{addr} refused the connection: {reason}")]
+    Refused { addr: std::net::SocketAddr, reason: String },
     #[error("{path} does not exist (create it with `flotilla cert create-ca` / `create-node`)")]
     MissingFile { path: PathBuf },
     #[error("{path} is not valid: {reason}")]

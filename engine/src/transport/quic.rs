@@ -18,6 +18,20 @@
 //!
 //! Requests use one bidirectional stream each: a `Request` frame out, a `Response` frame back.
 //!
+//! # Clients
+//!
+//! A Hello with node id 0 ([`CLIENT_NODE_ID`]) comes from a client (see [`super::client`]),
+//! never from a peer. The acceptor checks its cluster id (a mismatch closes the connection with
+//! [`CLOSE_WRONG_CLUSTER`] and a reason naming this node's cluster), takes one of
+//! `client_connections_max` slots (none free: closed with [`CLOSE_REFUSED`]), answers with its
+//! own Hello and then only serves the client's request streams — at most
+//! `client_request_streams_max` open per connection, at most `client_requests_inbound_max`
+//! handlers node-wide (apart from the peers' budget, so clients cannot starve forwarding). A
+//! client is not a peer: it is never in the peer map, never dialled, never sent batches, and
+//! any frame it sends on its uni stream after the Hello closes the connection — a client cannot
+//! inject Raft traffic. In certs mode the client must present a certificate signed by the
+//! cluster CA (a node certificate will do), like any peer.
+//!
 //! # Tasks
 //!
 //! - per peer, a **writer** draining that peer's bounded outbound queue into the current
@@ -27,7 +41,9 @@
 //! - one **acceptor** for incoming connections (at most `HANDSHAKES_CONCURRENT_MAX` in
 //!   progress);
 //! - per connection, a **batch reader** and a **request acceptor** (which spawns one task per
-//!   inbound request, at most `requests_inbound_max` running handlers node-wide).
+//!   inbound request, at most `requests_inbound_max` running handlers node-wide);
+//! - per client connection, one **client server** (request acceptor and uni-stream watch);
+//! - with test chaos on, per peer a [`chaos::Stage`] between `send` and the outbound queue.
 //!
 //! # Invariants
 //!
@@ -54,9 +70,10 @@ use quinn::VarInt;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
+use super::chaos::{self, ChaosConfig};
 use super::frame::{self, Frame, FrameError, Hello, Request, Response};
 use super::tls::{self, TlsMode};
-use super::{RaftBatch, RequestHandler, Transport, TransportError};
+use super::{RaftBatch, RequestHandler, Transport, TransportError, CLIENT_NODE_ID};
 use crate::raft::NodeId;
 
 /// How often an idle connection sends a keep-alive, so NATs keep state and a dead peer is
@@ -90,6 +107,16 @@ pub const HELLO_BYTES_MAX: usize = CLUSTER_ID_BYTES_MAX + 64;
 /// add a peer beyond this are refused.
 pub const PEERS_MAX: usize = 4_096;
 
+/// Client connections served at once, node-wide; more are refused with [`CLOSE_REFUSED`].
+pub const CLIENT_CONNECTIONS_MAX: usize = 256;
+/// Request streams one client may have open on its connection at once (QUIC stream credit):
+/// a client multiplexes all its concurrent callers over one connection per node.
+pub const CLIENT_REQUEST_STREAMS_MAX: u32 = 256;
+/// Client request handlers running at once, node-wide, apart from the peers' budget.
+pub const CLIENT_REQUESTS_INBOUND_MAX: usize = 1_024;
+/// Longest close reason sent to a refused client, in bytes.
+const CLOSE_REASON_BYTES_MAX: usize = 512;
+
 /// Each side opens exactly one unidirectional stream per connection: its batch stream.
 const UNI_STREAMS_PER_CONNECTION_MAX: u32 = 1;
 
@@ -98,6 +125,10 @@ const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(1);
 const CLOSE_SUPERSEDED: VarInt = VarInt::from_u32(2);
 const CLOSE_PROTOCOL: VarInt = VarInt::from_u32(3);
 const CLOSE_WRITE_FAILED: VarInt = VarInt::from_u32(4);
+/// A client (or peer) named another cluster in its Hello; the reason names ours.
+pub const CLOSE_WRONG_CLUSTER: VarInt = VarInt::from_u32(5);
+/// A client was refused for capacity (too many client connections).
+pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(6);
 
 /// Configuration of one node's QUIC transport. [`QuicConfig::new`] fills the tunables with the
 /// defaults above; fields are public so tests and operators can tighten them.
@@ -119,6 +150,13 @@ pub struct QuicConfig {
     pub handshake_timeout: Duration,
     pub outbound_queue_batches_max: usize,
     pub requests_inbound_max: usize,
+    /// Client connections served at once (0 refuses every client).
+    pub client_connections_max: usize,
+    pub client_request_streams_max: u32,
+    pub client_requests_inbound_max: usize,
+    /// Test-only fault injection on outgoing batches; `None` in production. Set it only from
+    /// [`ChaosConfig::from_env`].
+    pub chaos: Option<ChaosConfig>,
 }
 
 impl QuicConfig {
@@ -141,6 +179,10 @@ impl QuicConfig {
             handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
             outbound_queue_batches_max: OUTBOUND_QUEUE_BATCHES_MAX,
             requests_inbound_max: REQUESTS_INBOUND_MAX,
+            client_connections_max: CLIENT_CONNECTIONS_MAX,
+            client_request_streams_max: CLIENT_REQUEST_STREAMS_MAX,
+            client_requests_inbound_max: CLIENT_REQUESTS_INBOUND_MAX,
+            chaos: None,
         }
     }
 
@@ -164,10 +206,15 @@ impl QuicConfig {
         if self.handshake_timeout.is_zero()
             || self.outbound_queue_batches_max == 0
             || self.requests_inbound_max == 0
+            || self.client_request_streams_max == 0
+            || self.client_requests_inbound_max == 0
         {
             return fail(
                 "handshake timeout, outbound queue and inbound request limits must be positive".into(),
             );
+        }
+        if let Some(chaos) = &self.chaos {
+            chaos.validate().map_err(TransportError::Config)?;
         }
         Ok(())
     }
@@ -195,6 +242,12 @@ struct Inner {
     handler: Arc<dyn RequestHandler>,
     request_permits: Arc<Semaphore>,
     handshake_permits: Arc<Semaphore>,
+    client_connections_max: usize,
+    client_request_streams_max: u32,
+    /// Client connections being served; a slot is taken before the Hello is answered.
+    clients_live: Arc<AtomicUsize>,
+    client_request_permits: Arc<Semaphore>,
+    chaos: Option<ChaosConfig>,
     next_request_id: AtomicU64,
     shutdown: watch::Sender<bool>,
     tasks: Arc<Tasks>,
@@ -285,12 +338,20 @@ impl QuicTransport {
             handler,
             request_permits: Arc::new(Semaphore::new(cfg.requests_inbound_max)),
             handshake_permits: Arc::new(Semaphore::new(HANDSHAKES_CONCURRENT_MAX)),
+            client_connections_max: cfg.client_connections_max,
+            client_request_streams_max: cfg.client_request_streams_max,
+            clients_live: Arc::new(AtomicUsize::new(0)),
+            client_request_permits: Arc::new(Semaphore::new(cfg.client_requests_inbound_max)),
+            chaos: cfg.chaos,
             next_request_id: AtomicU64::new(1),
             shutdown: watch::Sender::new(false),
             tasks: Arc::new(Tasks::default()),
             runtime: tokio::runtime::Handle::current(),
         });
         tracing::info!(node = %inner.node_id, addr = %local_addr, "transport listening");
+        if let Some(chaos) = &inner.chaos {
+            tracing::warn!(node = %inner.node_id, chaos = %chaos, "TEST CHAOS ON: outgoing Raft batches are delayed, reordered, duplicated and dropped");
+        }
         inner.spawn(accept_loop(Arc::clone(&inner)));
         for (peer, addr) in cfg.peers {
             inner.add_peer(peer, Some(addr));
@@ -315,6 +376,11 @@ impl QuicTransport {
             return;
         }
         self.inner.add_peer(peer, Some(addr));
+    }
+
+    /// Client connections being served right now.
+    pub fn clients_connected(&self) -> usize {
+        self.inner.clients_live.load(Ordering::Acquire)
     }
 
     /// Whether a Hello-checked connection to `peer` is up right now.
@@ -413,6 +479,22 @@ impl Inner {
             let (outbound, queue) = mpsc::channel(self.outbound_queue_batches_max);
             let link = watch::Sender::new(None);
             self.spawn(write_batches(Arc::clone(self), peer, queue, link.subscribe()));
+            let outbound = match &self.chaos {
+                None => outbound,
+                Some(cfg) => {
+                    // `send` feeds the chaos stage, which feeds the real queue.
+                    let (staged, stage_input) = mpsc::channel(self.outbound_queue_batches_max);
+                    let stage = chaos::Stage::new(cfg, self.node_id, peer, self.outbound_queue_batches_max);
+                    let inner = Arc::clone(self);
+                    self.spawn(async move {
+                        tokio::select! {
+                            _ = stage.run(stage_input, outbound) => {}
+                            _ = inner.shut_down() => {}
+                        }
+                    });
+                    staged
+                }
+            };
             Peer { addr: None, outbound, link, dialing: false }
         });
         if addr.is_some() {
@@ -498,6 +580,45 @@ impl Inner {
         }
     }
 
+    /// Checks a client's Hello and takes a client slot for it.
+    fn check_client_hello(&self, hello: &Hello) -> Result<ClientSlot, HandshakeError> {
+        if hello.cluster_id != self.cluster_id {
+            return Err(HandshakeError::WrongCluster(format!(
+                "node {} is in cluster {:?}, the client asked for {:?}",
+                self.node_id, self.cluster_id, hello.cluster_id
+            )));
+        }
+        let max = self.client_connections_max;
+        self.clients_live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| (live < max).then_some(live + 1))
+            .map_err(|_| {
+                HandshakeError::Busy(format!("node {} serves at most {max} client connections", self.node_id))
+            })?;
+        Ok(ClientSlot(Arc::clone(&self.clients_live)))
+    }
+
+    /// Starts serving a client whose Hello was accepted and answered.
+    fn serve_client(
+        self: &Arc<Self>,
+        connection: quinn::Connection,
+        recv: quinn::RecvStream,
+        slot: ClientSlot,
+    ) {
+        if self.is_shut_down() {
+            connection.close(CLOSE_SHUTDOWN, b"shutdown");
+            return;
+        }
+        // Clients multiplex many callers over one connection: more stream credit than a peer.
+        connection.set_max_concurrent_bi_streams(VarInt::from_u32(self.client_request_streams_max));
+        metrics::counter!("flotilla_transport_client_connects_total").increment(1);
+        tracing::debug!(node = %self.node_id, addr = %connection.remote_address(), "client connected");
+        let inner = Arc::clone(self);
+        self.spawn(async move {
+            let _slot = slot;
+            serve_client(inner, connection, recv).await;
+        });
+    }
+
     async fn request(
         &self,
         to: NodeId,
@@ -527,50 +648,70 @@ impl Inner {
             return Err(TransportError::Unreachable { peer: to, reason: "connection lost".into() });
         };
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        tokio::time::timeout_at(deadline, exchange(to, &link.connection, Request { id, payload }))
-            .await
-            .map_err(|_| TransportError::Timeout { peer: to, timeout })?
+        exchange(to, &link.connection, Request { id, payload }, deadline, timeout).await
     }
 }
 
-/// One request/response on a fresh bidirectional stream.
-async fn exchange(
+/// One request/response on a fresh bidirectional stream, all of it before `deadline`
+/// (`timeout` is only for the error message).
+///
+/// The error says whether the request can have run: until a stream is open nothing has been
+/// sent ([`TransportError::Unreachable`] — a connection that is gone, or no stream credit in
+/// time); from the first byte written, a failure is [`TransportError::Lost`] or
+/// [`TransportError::Timeout`], and the request may have run.
+pub(super) async fn exchange(
     peer: NodeId,
     connection: &quinn::Connection,
     request: Request,
+    deadline: Instant,
+    timeout: Duration,
 ) -> Result<Vec<u8>, TransportError> {
-    let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable { peer, reason: e.to_string() };
     let bytes = frame::encode(&request)?;
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| unreachable(&e))?;
-    send.write_all(&bytes).await.map_err(|e| unreachable(&e))?;
-    // Finishing only fails if the stream is already gone, which the read below reports.
-    let _ = send.finish();
-    match frame::read_frame(&mut recv).await {
-        Ok(Some(Frame::Response(response))) if response.id == request.id => {
-            response.result.map_err(|message| TransportError::Remote { peer, message })
+    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, connection.open_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => return Err(TransportError::Unreachable { peer, reason: e.to_string() }),
+        Err(_) => {
+            return Err(TransportError::Unreachable {
+                peer,
+                reason: format!("no request stream free within {timeout:?}"),
+            })
         }
-        Ok(Some(other)) => Err(TransportError::Protocol {
-            peer,
-            reason: format!(
-                "expected the response to request {}, got a {:?} frame",
-                request.id,
-                other.kind()
-            ),
-        }),
-        Ok(None) => {
-            Err(TransportError::Unreachable { peer, reason: "stream closed before the answer".into() })
+    };
+    let lost = |reason: String| TransportError::Lost { peer, reason };
+    let answer = async {
+        send.write_all(&bytes).await.map_err(|e| lost(e.to_string()))?;
+        // Finishing only fails if the stream is already gone, which the read below reports.
+        let _ = send.finish();
+        match frame::read_frame(&mut recv).await {
+            Ok(Some(Frame::Response(response))) if response.id == request.id => {
+                response.result.map_err(|message| TransportError::Remote { peer, message })
+            }
+            Ok(Some(other)) => Err(TransportError::Protocol {
+                peer,
+                reason: format!(
+                    "expected the response to request {}, got a {:?} frame",
+                    request.id,
+                    other.kind()
+                ),
+            }),
+            Ok(None) => Err(lost("stream closed before the answer".into())),
+            Err(FrameError::Io(reason)) => Err(lost(reason)),
+            Err(e) => {
+                count_frame_error(Some(peer));
+                Err(TransportError::Protocol { peer, reason: e.to_string() })
+            }
         }
-        Err(FrameError::Io(reason)) => Err(TransportError::Unreachable { peer, reason }),
-        Err(e) => {
-            count_frame_error(Some(peer));
-            Err(TransportError::Protocol { peer, reason: e.to_string() })
-        }
-    }
+    };
+    tokio::time::timeout_at(deadline, answer).await.map_err(|_| TransportError::Timeout { peer, timeout })?
 }
 
 /// Counts a malformed frame; `peer` is `None` before the Hello has named the sender.
 fn count_frame_error(peer: Option<NodeId>) {
-    let label = peer.map_or_else(|| "unknown".to_string(), |p| p.0.to_string());
+    let label = match peer {
+        None => "unknown".to_string(),
+        Some(CLIENT_NODE_ID) => "client".to_string(),
+        Some(p) => p.0.to_string(),
+    };
     metrics::counter!("flotilla_transport_frame_errors_total", "peer" => label).increment(1);
 }
 
@@ -688,7 +829,10 @@ async fn accept_requests(inner: Arc<Inner>, peer: NodeId, connection: quinn::Con
             _ = inner.shut_down() => break,
         };
         match streams {
-            Ok((send, recv)) => inner.spawn(serve_request(Arc::clone(&inner), peer, send, recv)),
+            Ok((send, recv)) => {
+                let permits = Arc::clone(&inner.request_permits);
+                inner.spawn(serve_request(Arc::clone(&inner), peer, permits, send, recv));
+            }
             Err(e) => {
                 tracing::debug!(node = %inner.node_id, peer = %peer, error = %e, "connection closed");
                 break;
@@ -702,6 +846,7 @@ async fn accept_requests(inner: Arc<Inner>, peer: NodeId, connection: quinn::Con
 async fn serve_request(
     inner: Arc<Inner>,
     peer: NodeId,
+    permits: Arc<Semaphore>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -733,7 +878,7 @@ async fn serve_request(
     let stopped = send.stopped();
     tokio::pin!(stopped);
     let permit = tokio::select! {
-        permit = Arc::clone(&inner.request_permits).acquire_owned() => match permit {
+        permit = permits.acquire_owned() => match permit {
             Ok(permit) => permit,
             Err(_) => return,
         },
@@ -800,14 +945,25 @@ async fn accept_connection(inner: &Arc<Inner>, incoming: quinn::Incoming) -> Res
             Some(other) => return Err(format!("expected a Hello, got a {:?} frame", other.kind()).into()),
             None => return Err(HandshakeError::from("stream ended before the Hello".to_string())),
         };
-        inner.check_hello(&hello, None)?;
+        let slot = if hello.node_id == CLIENT_NODE_ID {
+            Some(inner.check_client_hello(&hello)?)
+        } else {
+            inner.check_hello(&hello, None)?;
+            None
+        };
         let mut send = connection.open_uni().await.map_err(|e| FrameError::Io(e.to_string()))?;
         send.write_all(&frame::encode(&inner.hello())?).await.map_err(|e| FrameError::Io(e.to_string()))?;
-        Ok::<_, HandshakeError>((hello.node_id, send, recv))
+        Ok::<_, HandshakeError>((hello.node_id, slot, send, recv))
     }
     .await;
     match outcome {
-        Ok((peer, send, recv)) => {
+        Ok((_, Some(slot), mut send, recv)) => {
+            // A client gets our Hello and nothing else on this stream.
+            let _ = send.finish();
+            inner.serve_client(connection, recv, slot);
+            Ok(())
+        }
+        Ok((peer, None, send, recv)) => {
             inner.register(peer, connection, send, recv);
             Ok(())
         }
@@ -815,8 +971,65 @@ async fn accept_connection(inner: &Arc<Inner>, incoming: quinn::Incoming) -> Res
             if e.is_malformed_frame() {
                 count_frame_error(None);
             }
-            connection.close(CLOSE_PROTOCOL, b"handshake failed");
+            let (code, reason) = match &e {
+                HandshakeError::WrongCluster(reason) => (CLOSE_WRONG_CLUSTER, reason.as_str()),
+                HandshakeError::Busy(reason) => (CLOSE_REFUSED, reason.as_str()),
+                HandshakeError::Frame(_) | HandshakeError::Refused(_) => (CLOSE_PROTOCOL, "handshake failed"),
+            };
+            let reason = &reason.as_bytes()[..reason.len().min(CLOSE_REASON_BYTES_MAX)];
+            connection.close(code, reason);
             Err(TransportError::Handshake { addr: remote, reason: e.to_string() })
+        }
+    }
+}
+
+/// Releases a client connection slot when the client's server task ends (or never starts).
+#[derive(Debug)]
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one client connection: its request streams, and a watch on its uni stream, on which
+/// a client may send nothing after its Hello.
+async fn serve_client(inner: Arc<Inner>, connection: quinn::Connection, mut recv: quinn::RecvStream) {
+    let watch = async {
+        match frame::read_frame_max(&mut recv, HELLO_BYTES_MAX).await {
+            Ok(Some(other)) => Some(format!("a client sent a {:?} frame after its Hello", other.kind())),
+            Err(e) if e.is_protocol_violation() => {
+                Some(format!("a client sent a bad frame after its Hello: {e}"))
+            }
+            // A clean finish, or the connection going: nothing to object to.
+            Ok(None) | Err(_) => None,
+        }
+    };
+    tokio::pin!(watch);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            streams = connection.accept_bi() => match streams {
+                Ok((send, recv)) => {
+                    let permits = Arc::clone(&inner.client_request_permits);
+                    inner.spawn(serve_request(Arc::clone(&inner), CLIENT_NODE_ID, permits, send, recv));
+                }
+                Err(e) => {
+                    tracing::debug!(node = %inner.node_id, addr = %connection.remote_address(), error = %e, "client connection closed");
+                    break;
+                }
+            },
+            violation = &mut watch, if watching => {
+                watching = false;
+                if let Some(reason) = violation {
+                    tracing::warn!(node = %inner.node_id, addr = %connection.remote_address(), reason = %reason, "closing a client connection");
+                    count_frame_error(Some(CLIENT_NODE_ID));
+                    connection.close(CLOSE_PROTOCOL, b"clients send requests only");
+                    break;
+                }
+            }
+            _ = inner.shut_down() => break,
         }
     }
 }
@@ -864,6 +1077,10 @@ async fn dial(
 enum HandshakeError {
     Frame(FrameError),
     Refused(String),
+    /// A client of another cluster (the reason is sent back in the close).
+    WrongCluster(String),
+    /// A client refused for capacity (the reason is sent back in the close).
+    Busy(String),
 }
 
 impl HandshakeError {
@@ -872,7 +1089,7 @@ impl HandshakeError {
     fn is_malformed_frame(&self) -> bool {
         match self {
             HandshakeError::Frame(e) => e.is_protocol_violation(),
-            HandshakeError::Refused(_) => false,
+            HandshakeError::Refused(_) | HandshakeError::WrongCluster(_) | HandshakeError::Busy(_) => false,
         }
     }
 }
@@ -893,7 +1110,9 @@ impl std::fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HandshakeError::Frame(e) => e.fmt(f),
-            HandshakeError::Refused(reason) => f.write_str(reason),
+            HandshakeError::Refused(reason)
+            | HandshakeError::WrongCluster(reason)
+            | HandshakeError::Busy(reason) => f.write_str(reason),
         }
     }
 }

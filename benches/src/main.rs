@@ -1,11 +1,9 @@
-//! flotilla-bench: the throughput and latency harness (DESIGN.md §8).
-//!
-//! The harness needs a real node to measure; it lands with the bench issue. Until then the
-//! binary says so and exits non-zero instead of printing figures it did not measure.
+//! `flotilla-bench`: see `flotilla-bench --help` and docs/BENCHMARKS.md.
+
+use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!(
-        "flotilla-bench: no harness yet — it needs the real node (redb + QUIC); \
-         run `flotilla sim` to exercise the Raft core meanwhile"
-    )
+    let args = flotilla_bench::cli::Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("bench").build()?;
+    runtime.block_on(flotilla_bench::app::main(args))
 }

@@ -36,6 +36,9 @@ enum Command {
     /// Make the certificates for mutual TLS between nodes.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Read and write keys through the native client (QUIC to any node's --listen address).
+    #[command(subcommand)]
+    Kv(KvCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Kv(command) => run_kv(command),
         Command::Cert(cert) => match run_cert(cert) {
             Ok(message) => {
                 println!("{message}");
@@ -261,6 +265,131 @@ fn demo() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Print the value of KEY, or (nil).
+    Get {
+        key: String,
+        #[command(flatten)]
+        connect: KvConnect,
+    },
+    /// Set KEY to VALUE.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        connect: KvConnect,
+    },
+    /// Delete KEY; prints 1 if it existed, else 0.
+    Del {
+        key: String,
+        #[command(flatten)]
+        connect: KvConnect,
+    },
+    /// Print KEY<TAB>VALUE lines for START <= key < END (no END: to the last key).
+    Scan {
+        #[arg(default_value = "")]
+        start: String,
+        end: Option<String>,
+        /// At most this many pairs.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        connect: KvConnect,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct KvConnect {
+    /// Any node's --listen address (HOST:PORT); comma-separate several to try in turn.
+    #[arg(long, required = true, value_delimiter = ',')]
+    host: Vec<String>,
+    /// The cluster runs with --insecure.
+    #[arg(long)]
+    insecure: bool,
+    /// Mutual TLS: a directory with ca.pem and a CA-signed node.pem/node.key (a node's works).
+    #[arg(long)]
+    certs_dir: Option<std::path::PathBuf>,
+    #[arg(long, default_value = flotilla_router::client::DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
+    /// Give up on the operation after this long (retries included).
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+fn run_kv(command: KvCommand) -> ExitCode {
+    use flotilla_router::client::{Client, ClientOptions};
+    let result = (|| -> anyhow::Result<Vec<u8>> {
+        let connect = match &command {
+            KvCommand::Get { connect, .. }
+            | KvCommand::Put { connect, .. }
+            | KvCommand::Del { connect, .. }
+            | KvCommand::Scan { connect, .. } => connect,
+        };
+        let mut addrs = Vec::new();
+        for host in &connect.host {
+            use std::net::ToSocketAddrs;
+            let resolved =
+                host.trim().to_socket_addrs().map_err(|e| anyhow::anyhow!("--host {host:?}: {e}"))?;
+            addrs.extend(resolved);
+        }
+        let opts = match (connect.insecure, &connect.certs_dir) {
+            (true, None) => ClientOptions::insecure(),
+            (false, Some(dir)) => ClientOptions::with_certs(dir),
+            (true, Some(_)) => anyhow::bail!("choose one of --insecure and --certs-dir"),
+            (false, None) => anyhow::bail!("one of --insecure or --certs-dir DIR is required"),
+        }
+        .cluster_id(connect.cluster_id.clone())
+        .request_timeout(std::time::Duration::from_millis(connect.timeout_ms.max(1)));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let client = Client::connect(&addrs, opts).await?;
+            let mut out = Vec::new();
+            match &command {
+                KvCommand::Get { key, .. } => match client.get(key.as_bytes()).await? {
+                    Some(value) => out.extend(value),
+                    None => out.extend(b"(nil)"),
+                },
+                KvCommand::Put { key, value, .. } => {
+                    client.put(key.as_bytes(), value.as_bytes()).await?;
+                    out.extend(b"OK");
+                }
+                KvCommand::Del { key, .. } => {
+                    out.extend(if client.delete(key.as_bytes()).await? { b"1" } else { b"0" })
+                }
+                KvCommand::Scan { start, end, limit, .. } => {
+                    let end = end.as_deref().unwrap_or("");
+                    for (i, (key, value)) in
+                        client.scan(start.as_bytes(), end.as_bytes(), *limit).await?.into_iter().enumerate()
+                    {
+                        if i > 0 {
+                            out.push(b'\n');
+                        }
+                        out.extend(key);
+                        out.push(b'\t');
+                        out.extend(value);
+                    }
+                }
+            }
+            client.close();
+            Ok(out)
+        })
+    })();
+    match result {
+        Ok(mut out) => {
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            let _ = std::io::stdout().write_all(&out);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flotilla kv: {e:#}");
             ExitCode::FAILURE
         }
     }

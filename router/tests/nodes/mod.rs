@@ -40,6 +40,16 @@ impl Cluster {
     /// Starts `n` nodes sharing `ranges` initial ranges. Must run inside a multi-threaded
     /// tokio runtime.
     pub async fn start(name: &str, n: usize, ranges: u32) -> Cluster {
+        Cluster::start_with(name, n, ranges, |_| {}).await
+    }
+
+    /// [`Cluster::start`] with each node's store configuration adjusted by `configure`.
+    pub async fn start_with(
+        name: &str,
+        n: usize,
+        ranges: u32,
+        configure: impl Fn(&mut StoreConfig),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs = free_ports(name, n);
         let members: Vec<(NodeId, SocketAddr)> =
@@ -54,7 +64,11 @@ impl Cluster {
                 tls: TlsMode::Insecure,
                 cluster_id: CLUSTER_ID.into(),
                 initial_ranges: ranges,
-                store: StoreConfig::new(id),
+                store: {
+                    let mut store = StoreConfig::new(id);
+                    configure(&mut store);
+                    store
+                },
             };
             nodes.push(Arc::new(Node::start(cfg).await.expect("node starts")));
         }

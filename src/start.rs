@@ -204,7 +204,9 @@ impl StartArgs {
         }
         // Fault-injection tests only: this node's clock runs fast or slow.
         if let Ok(text) = std::env::var("FLOTILLA_TEST_CLOCK_RATE") {
-            let rate: f64 = text.parse().map_err(|_| anyhow::anyhow!("FLOTILLA_TEST_CLOCK_RATE={text:?} is not a number"))?;
+            let rate: f64 = text
+                .parse()
+                .map_err(|_| anyhow::anyhow!("FLOTILLA_TEST_CLOCK_RATE={text:?} is not a number"))?;
             if !(0.1..=10.0).contains(&rate) {
                 bail!("FLOTILLA_TEST_CLOCK_RATE must be between 0.1 and 10, got {rate}");
             }
@@ -215,7 +217,9 @@ impl StartArgs {
             if text != "1" {
                 bail!("FLOTILLA_TEST_LOSE_UNSYNCED must be 1 or unset, got {text:?}");
             }
-            eprintln!("WARNING: FLOTILLA_TEST_LOSE_UNSYNCED=1: unsynced writes live in memory (testing only)");
+            eprintln!(
+                "WARNING: FLOTILLA_TEST_LOSE_UNSYNCED=1: unsynced writes live in memory (testing only)"
+            );
             store.lose_unsynced_writes = true;
         }
         for (what, addr) in [("--resp", resp), ("--http", http)] {

@@ -134,7 +134,11 @@ fn transfers(name: &str, with_kills: bool) {
     let mut run = Run::start(name, Setup::default());
     let end = Instant::now() + phase(Duration::from_secs(9));
     let (mut asked, mut round) = (0, 0);
-    run.fault(if with_kills { "leader transfers every 300 ms, a kill every 3 s" } else { "leader transfers every 300 ms" });
+    run.fault(if with_kills {
+        "leader transfers every 300 ms, a kill every 3 s"
+    } else {
+        "leader transfers every 300 ms"
+    });
     while Instant::now() < end {
         round += 1;
         for node in run.cluster.up_nodes() {
@@ -359,15 +363,24 @@ fn a_disk_fills_up() {
     while Instant::now() < deadline && stopped.is_none() {
         i += 1;
         let key = format!("{}big-{i}", (b'!' + (i % 90) as u8) as char);
-        if harness::resp(addr, &[b"SET", key.as_bytes(), &big]).is_ok_and(|r| r == harness::Reply::Simple("OK".into())) {
+        if harness::resp(addr, &[b"SET", key.as_bytes(), &big])
+            .is_ok_and(|r| r == harness::Reply::Simple("OK".into()))
+        {
             acked.push(key);
         }
         stopped = run.cluster.exited(3);
     }
     let status = stopped.expect("node 3 never stopped although its disk is full");
     let log = run.cluster.log(3);
-    assert!(log.contains("disk is full") || log.contains("No space left"), "no clear disk-full error:\n{}", run.cluster.log_tail(3));
-    eprintln!("[a_disk_fills_up] node 3 stopped ({status}) after {} large writes were acknowledged", acked.len());
+    assert!(
+        log.contains("disk is full") || log.contains("No space left"),
+        "no clear disk-full error:\n{}",
+        run.cluster.log_tail(3)
+    );
+    eprintln!(
+        "[a_disk_fills_up] node 3 stopped ({status}) after {} large writes were acknowledged",
+        acked.len()
+    );
     std::fs::remove_file(&filler).expect("free the space");
     run.fault_over();
     run.finish();
@@ -380,7 +393,11 @@ fn a_disk_fills_up() {
 
 fn fs_free_bytes(dir: &std::path::Path) -> u64 {
     let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().expect("df");
-    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df output")
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df output")
 }
 
 #[test]
@@ -425,7 +442,11 @@ fn a_corrupted_byte_is_detected_and_never_served() {
     eprintln!("[corrupted byte] {flipped} copies damaged; node 3 {outcome}");
     if outcome.starts_with("refused") {
         let log = run.cluster.log(3);
-        assert!(log.contains("corrupt"), "node 3 stopped without naming the corruption:\n{}", run.cluster.log_tail(3));
+        assert!(
+            log.contains("corrupt"),
+            "node 3 stopped without naming the corruption:\n{}",
+            run.cluster.log_tail(3)
+        );
     } else {
         let (mut led, mut errors) = (false, 0);
         for _ in 0..40 {
@@ -454,7 +475,10 @@ fn a_corrupted_byte_is_detected_and_never_served() {
             run.sleep(Duration::from_millis(250));
         }
         eprintln!("[corrupted byte] node 3 led the range: {led}; reads refused as corrupt: {errors}");
-        assert!(led || run.cluster.log(3).contains("corrupt"), "node 3 never led the range: the check proved nothing");
+        assert!(
+            led || run.cluster.log(3).contains("corrupt"),
+            "node 3 never led the range: the check proved nothing"
+        );
     }
     // The damaged replica cannot repair itself until placement can replace a replica; the other
     // two still agree and serve the value.

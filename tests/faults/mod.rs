@@ -48,7 +48,15 @@ pub struct Setup<'a> {
 
 impl Default for Setup<'_> {
     fn default() -> Self {
-        Setup { nodes: 3, ranges: 4, args: &[], env: &[], workload: WorkloadConfig::default(), early: false, before_start: None }
+        Setup {
+            nodes: 3,
+            ranges: 4,
+            args: &[],
+            env: &[],
+            workload: WorkloadConfig::default(),
+            early: false,
+            before_start: None,
+        }
     }
 }
 
@@ -125,7 +133,9 @@ impl Run {
         self.cluster.status(node).map_or_else(Vec::new, |s| {
             s["ranges"]
                 .as_array()
-                .map(|rs| rs.iter().filter(|r| r["role"] == "leader").filter_map(|r| r["id"].as_u64()).collect())
+                .map(|rs| {
+                    rs.iter().filter(|r| r["role"] == "leader").filter_map(|r| r["id"].as_u64()).collect()
+                })
                 .unwrap_or_default()
         })
     }
@@ -238,7 +248,8 @@ impl Run {
                         .find_map(|w| w.strip_prefix(&format!("{name}=")))
                         .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok())
                 };
-                if let (Some(node), Some(range), Some(term)) = (field("node"), field("range"), field("term")) {
+                if let (Some(node), Some(range), Some(term)) = (field("node"), field("range"), field("term"))
+                {
                     claims.entry((range, term)).or_default().insert(node);
                 }
             }
@@ -307,7 +318,14 @@ fn check_registers(name: &str, records: &[Record]) -> checker::Report {
             Outcome::Unknown(_) => checker::Outcome::Unknown,
         };
         let ret = (!matches!(outcome, checker::Outcome::Unknown)).then_some(r.ret);
-        history.push(checker::Op { client: r.client, key: key.into_bytes(), kind, call: r.call, ret, outcome });
+        history.push(checker::Op {
+            client: r.client,
+            key: key.into_bytes(),
+            kind,
+            call: r.call,
+            ret,
+            outcome,
+        });
     }
     let report = checker::check(&history);
     if !report.is_linearizable() {
@@ -332,15 +350,19 @@ fn range_starts(cluster: &Cluster) -> Vec<Vec<u8>> {
     Vec::new()
 }
 
-/// range → node → (applied, hash), from every node's `/digest`.
-fn digests(cluster: &Cluster) -> Result<BTreeMap<u64, BTreeMap<usize, (u64, String)>>, String> {
-    let mut out: BTreeMap<u64, BTreeMap<usize, (u64, String)>> = BTreeMap::new();
+/// range → node → (applied, hash).
+type Digests = BTreeMap<u64, BTreeMap<usize, (u64, String)>>;
+
+/// Every node's `/digest`.
+fn digests(cluster: &Cluster) -> Result<Digests, String> {
+    let mut out = Digests::new();
     for node in &cluster.nodes {
         let body = http_get(node.http, "/digest").map_err(|e| format!("/digest of node {}: {e}", node.id))?;
         let json: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| format!("/digest of node {}: {e}: {body}", node.id))?;
         for r in json["ranges"].as_array().ok_or_else(|| format!("node {}: {body}", node.id))? {
-            let (Some(id), Some(applied), Some(hash)) = (r["id"].as_u64(), r["applied"].as_u64(), r["hash"].as_str())
+            let (Some(id), Some(applied), Some(hash)) =
+                (r["id"].as_u64(), r["applied"].as_u64(), r["hash"].as_str())
             else {
                 return Err(format!("node {}: bad digest {r}", node.id));
             };
@@ -502,8 +524,11 @@ impl Report {
     fn finish(&self, cluster: &Cluster) {
         let text = self.text();
         eprintln!("{text}");
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(if soak() { "target/nemesis/soak" } else { "target/nemesis" });
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(if soak() {
+            "target/nemesis/soak"
+        } else {
+            "target/nemesis"
+        });
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::write(dir.join(format!("{}.txt", self.name)), &text);
         let mut problems = Vec::new();
@@ -531,8 +556,9 @@ impl Report {
             problems.push(format!("only {} operations succeeded: the scenario proved little", self.ok));
         }
         if !problems.is_empty() {
-            let logs: String =
-                (1..=cluster.nodes.len()).map(|id| format!("--- node {id}\n{}\n", cluster.log_tail(id))).collect();
+            let logs: String = (1..=cluster.nodes.len())
+                .map(|id| format!("--- node {id}\n{}\n", cluster.log_tail(id)))
+                .collect();
             panic!("[{}] {}\n{logs}", self.name, problems.join("\n"));
         }
     }

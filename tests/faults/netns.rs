@@ -42,7 +42,11 @@ pub fn run_isolated(test_name: &str) -> bool {
 
 /// Why namespaced tests cannot run here, if they cannot.
 fn unavailable() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     if uid.as_deref() != Some("0") {
         return Some("network namespaces and nftables need root".into());
     }
@@ -84,8 +88,11 @@ fn nft(rule: &str) {
 fn setup_table() {
     let _ = run("nft", &["delete", "table", "inet", TABLE]);
     nft(&format!("add table inet {TABLE}"));
-    run("nft", &["add", "chain", "inet", TABLE, "input", "{ type filter hook input priority 0 ; policy accept ; }"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    run(
+        "nft",
+        &["add", "chain", "inet", TABLE, "input", "{ type filter hook input priority 0 ; policy accept ; }"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn ip(node: usize) -> String {
@@ -94,7 +101,11 @@ fn ip(node: usize) -> String {
 
 /// Drops node-to-node packets from `from` to `to` (one way).
 pub fn cut_one_way(from: usize, to: usize) {
-    nft(&format!("add rule inet {TABLE} input meta l4proto udp ip saddr {} ip daddr {} drop", ip(from), ip(to)));
+    nft(&format!(
+        "add rule inet {TABLE} input meta l4proto udp ip saddr {} ip daddr {} drop",
+        ip(from),
+        ip(to)
+    ));
 }
 
 /// Cuts both directions between `a` and `b`.

@@ -163,7 +163,9 @@ fn client_loop(
 fn classify(action: &Action, reply: std::io::Result<Reply>) -> Outcome {
     let is_read = matches!(action, Action::Read { .. });
     match reply {
-        Ok(Reply::Bulk(v)) if is_read => Outcome::Ok(Some(v.map(|b| String::from_utf8_lossy(&b).into_owned()))),
+        Ok(Reply::Bulk(v)) if is_read => {
+            Outcome::Ok(Some(v.map(|b| String::from_utf8_lossy(&b).into_owned())))
+        }
         Ok(Reply::Simple(s)) if !is_read && s == "OK" => Outcome::Ok(None),
         // The gateway says "outcome unknown" when a write may have happened; any other error
         // is a definite failure (nothing was proposed, or the proposal lost its slot).

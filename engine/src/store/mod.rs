@@ -146,11 +146,24 @@ type Reply<T> = oneshot::Sender<Result<T, KvError>>;
 #[derive(Debug)]
 pub enum Input {
     Batch(RaftBatch),
-    Propose { range: RangeId, command: Command, reply: Reply<CommandResult> },
-    Read { range: RangeId, op: ReadOp, reply: Reply<ReadResult> },
-    TransferLeader { range: RangeId, to: NodeId },
+    Propose {
+        range: RangeId,
+        command: Command,
+        reply: Reply<CommandResult>,
+    },
+    Read {
+        range: RangeId,
+        op: ReadOp,
+        reply: Reply<ReadResult>,
+    },
+    TransferLeader {
+        range: RangeId,
+        to: NodeId,
+    },
     /// Fingerprints of every hosted range's data, for convergence checks.
-    Digest { reply: Reply<Vec<RangeDigest>> },
+    Digest {
+        reply: Reply<Vec<RangeDigest>>,
+    },
     Tick,
 }
 

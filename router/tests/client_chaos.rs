@@ -108,8 +108,25 @@ async fn the_cluster_stays_correct_under_delay_reorder_duplication_and_drops() {
     let moves = nemesis.await.expect("nemesis");
     let tally = Arc::try_unwrap(tally).ok().expect("workers done").into_inner().expect("tally");
     assert!(tally.acked.len() > 20, "too little progress under chaos: {} writes", tally.acked.len());
-    for (key, value) in &tally.acked {
-        assert_eq!(client.get(key).await.expect("final read").as_ref(), Some(value), "lost write {key:?}");
+    // Read everything back, a few readers at a time (reads under chaos take a heartbeat round).
+    let acked: Vec<(Vec<u8>, Vec<u8>)> = tally.acked.clone().into_iter().collect();
+    let readers: Vec<_> = acked
+        .chunks(acked.len().div_ceil(8))
+        .map(|chunk| {
+            let (client, chunk) = (client.clone(), chunk.to_vec());
+            tokio::spawn(async move {
+                for (key, value) in chunk {
+                    assert_eq!(
+                        client.get(&key).await.expect("final read"),
+                        Some(value),
+                        "lost write {key:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.expect("reader");
     }
     for counter in 0..COUNTERS {
         let key = format!("{}counter", (b'!' + (counter * 23) as u8) as char).into_bytes();

@@ -213,7 +213,14 @@ impl std::fmt::Debug for NodeStorage {
 impl NodeStorage {
     /// Opens (or creates) the database file at `path`.
     pub fn open(path: &Path) -> Result<NodeStorage, StorageError> {
-        let db = Database::create(path).map_err(|e| StorageError::Io(format!("{}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| {
+            let text = format!("{}: {e}", path.display());
+            // redb checks its page checksums when it repairs a file after an unclean shutdown.
+            match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => StorageError::Corrupt(text),
+                _ => StorageError::Io(text),
+            }
+        })?;
         NodeStorage::init(db)
     }
 

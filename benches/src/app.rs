@@ -10,6 +10,7 @@ use crate::dist::Distribution;
 use crate::report::{idle_table, runs_table, side_by_side, Host, Report, RunSummary};
 use crate::run::{run, RunOptions, RunResult};
 use crate::scenario::{analyze_failover, find_leader_pid, idle_ranges};
+use crate::target::flotilla::FlotillaTarget;
 use crate::target::resp::RespTarget;
 use crate::target::{parse_targets, Scheme, TargetSpec};
 use crate::workload::{Mix, MixWorkload, Workload};
@@ -95,7 +96,7 @@ pub async fn main(args: Args) -> Result<()> {
             opts.duration,
             opts.warmup,
         );
-        let result = run_target(spec, workload, &opts, args.conns)
+        let result = run_target(spec, workload, &opts, &args)
             .await
             .with_context(|| format!("measuring {}", spec.label))?;
         let failover_summary = match (result.killed_at_us, opts.kill) {
@@ -125,19 +126,18 @@ async fn run_target(
     spec: &TargetSpec,
     workload: Arc<dyn Workload>,
     opts: &RunOptions,
-    conns: usize,
+    args: &Args,
 ) -> Result<RunResult> {
     match spec.scheme {
         Scheme::Resp => run(Arc::new(RespTarget::new(spec.addrs.clone())), spec, workload, opts).await,
         Scheme::Etcd => {
             #[cfg(feature = "etcd")]
             {
-                let target = crate::target::etcd::EtcdTarget::connect(&spec.addrs, conns).await?;
+                let target = crate::target::etcd::EtcdTarget::connect(&spec.addrs, args.conns).await?;
                 run(Arc::new(target), spec, workload, opts).await
             }
             #[cfg(not(feature = "etcd"))]
             {
-                let _ = conns;
                 bail!(
                     "etcd:// needs flotilla-bench built with the `etcd` feature (it needs protoc): \
                      cargo build --release -p flotilla-bench --features etcd"
@@ -145,7 +145,10 @@ async fn run_target(
             }
         }
         Scheme::Flotilla => {
-            bail!("flotilla:// (the native client) is not built into this harness yet; use resp:// meanwhile")
+            let target =
+                FlotillaTarget::connect(&spec.addrs, args.conns, args.certs_dir.clone(), opts.op_timeout)
+                    .await?;
+            run(Arc::new(target), spec, workload, opts).await
         }
     }
 }

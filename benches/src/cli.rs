@@ -72,9 +72,14 @@ pub struct Args {
     /// failover: when to kill, into the measurement (default: a third of --duration).
     #[arg(long, value_parser = parse_duration)]
     pub kill_after: Option<Duration>,
-    /// Connections (gRPC channels) shared by the clients of a multiplexed target (etcd).
+    /// Connections shared by the clients of a multiplexed target (etcd gRPC channels,
+    /// flotilla:// native clients); resp:// always opens one connection per client.
     #[arg(long, default_value_t = 8)]
     pub conns: usize,
+    /// flotilla://: mutual TLS with this certificate directory (ca.pem, node.pem, node.key)
+    /// instead of an `--insecure` cluster.
+    #[arg(long, value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
     /// An op slower than this counts as an error.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub op_timeout: Duration,

@@ -286,15 +286,16 @@ pub fn runs_table(runs: &[RunSummary]) -> String {
         if let Some(f) = &r.failover {
             let _ = writeln!(
                 out,
-                "\nfailover ({}): killed pid {} at {:.1} s; no op succeeded for {:.0} ms; p99 back to the \
-                 pre-kill {} ms after {}; {} errors; slowest op {:.0} ms",
+                "\nfailover ({}): killed pid {} at {:.1} s; throughput under half its pre-kill rate for {}; \
+                 longest stretch without a successful op {:.0} ms; p99 back to the pre-kill {:.2} ms after {}; \
+                 {} errors; slowest op {:.0} ms",
                 r.label,
                 f.killed_pid,
                 f.killed_at_ms / 1e3,
+                f.degraded_ms.map_or("the rest of the run".to_string(), |t| format!("{t:.0} ms")),
                 f.unavailable_ms,
-                format_args!("{:.2}", f.baseline_p99_ms),
-                f.back_to_baseline_p99_ms
-                    .map_or("never (within the run)".to_string(), |t| format!("{t:.0} ms")),
+                f.baseline_p99_ms,
+                f.back_to_baseline_p99_ms.map_or("never (within the run)".to_string(), |t| format!("{t:.0} ms")),
                 f.errors_after_kill,
                 f.max_latency_after_kill_ms,
             );

@@ -417,6 +417,8 @@ async fn client<C: Connection>(
                     out.by_kind[kind_slot(op.kind())].saturating_record(latency_us.max(1));
                     let bucket = (done.duration_since(plan.measure_start).as_micros()
                         / TIMELINE_BUCKET.as_micros()) as usize;
+                    // Ops started in the window but done just after it count in its last bucket.
+                    let bucket = bucket.min(out.timeline.len().saturating_sub(1));
                     if let Some(slot) = out.timeline.get_mut(bucket) {
                         *slot += 1;
                     }

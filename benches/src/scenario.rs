@@ -17,6 +17,10 @@ const RECOVERY_WINDOW_US: u64 = 500_000;
 const RECOVERY_STEP_US: u64 = 50_000;
 /// Ops a window needs before its p99 means anything.
 const RECOVERY_WINDOW_OPS_MIN: usize = 20;
+/// Throughput is judged in buckets of this width...
+const THROUGHPUT_BUCKET_US: u64 = 100_000;
+/// ...and counts as recovered once this many buckets in a row reach half the pre-kill rate.
+const THROUGHPUT_RECOVERED_BUCKETS: usize = 5;
 
 /// What the failover scenario found.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +32,9 @@ pub struct FailoverSummary {
     pub baseline_p99_ms: f64,
     /// The longest time after the kill in which no op completed successfully.
     pub unavailable_ms: f64,
+    /// From the kill until throughput is back to half its pre-kill rate (in 100 ms buckets, for
+    /// 500 ms in a row); `None` if that never happened in the run.
+    pub degraded_ms: Option<f64>,
     /// From the kill to the start of the first window of ops (500 ms, by start time) that all
     /// succeeded with a p99 at or below the baseline; `None` if that never happened in the run.
     pub back_to_baseline_p99_ms: Option<f64>,
@@ -56,6 +63,25 @@ pub fn analyze_failover(
         previous = op.done_us;
     }
     longest_gap_us = longest_gap_us.max(window_us.saturating_sub(previous));
+
+    // Successes per bucket: before the kill (the baseline rate) and after it.
+    let buckets_before = (killed_at_us / THROUGHPUT_BUCKET_US).max(1);
+    let rate_before =
+        log.iter().filter(|op| op.ok && op.done_us < buckets_before * THROUGHPUT_BUCKET_US).count() as f64
+            / buckets_before as f64;
+    let buckets_after = window_us.saturating_sub(killed_at_us).div_ceil(THROUGHPUT_BUCKET_US) as usize;
+    let mut counts_after = vec![0u64; buckets_after];
+    for op in log.iter().filter(|op| op.ok && op.done_us >= killed_at_us) {
+        if let Some(count) =
+            counts_after.get_mut(((op.done_us - killed_at_us) / THROUGHPUT_BUCKET_US) as usize)
+        {
+            *count += 1;
+        }
+    }
+    let degraded_us = counts_after
+        .windows(THROUGHPUT_RECOVERED_BUCKETS)
+        .position(|run| run.iter().all(|&c| c as f64 >= rate_before / 2.0))
+        .map(|bucket| bucket as u64 * THROUGHPUT_BUCKET_US);
 
     let after: Vec<&OpRecord> = log.iter().filter(|op| op.done_us > killed_at_us).collect();
     let errors_after_kill = after.iter().filter(|op| !op.ok).count() as u64;
@@ -92,6 +118,7 @@ pub fn analyze_failover(
         killed_at_ms: ms(killed_at_us),
         baseline_p99_ms: ms(baseline_p99_us),
         unavailable_ms: ms(longest_gap_us),
+        degraded_ms: degraded_us.map(ms),
         back_to_baseline_p99_ms: back.map(ms),
         errors_after_kill,
         max_latency_after_kill_ms: ms(max_latency_after_kill_us),
@@ -231,6 +258,8 @@ mod tests {
         assert_eq!(summary.killed_pid, 42);
         assert!((summary.baseline_p99_ms - 2.0).abs() < 0.01, "{summary:?}");
         assert!((summary.unavailable_ms - 1_500.0).abs() < 0.01, "{summary:?}");
+        // Half the old rate (10 per 100 ms) is back from the 6.5 s bucket on.
+        assert_eq!(summary.degraded_ms, Some(1_500.0));
         assert_eq!(summary.errors_after_kill, 1);
         assert!((summary.max_latency_after_kill_ms - 900.0).abs() < 1.0);
         // The slow ops started up to 6,940 ms, the fast ones from 6,998 ms: the first clean
@@ -243,6 +272,7 @@ mod tests {
         let log = vec![op(100, 1, true), op(9_000, 4_000, true)];
         let summary = analyze_failover(&log, 1_000_000, 10_000_000, 1);
         assert_eq!(summary.back_to_baseline_p99_ms, None);
+        assert_eq!(summary.degraded_ms, None);
         assert!((summary.unavailable_ms - 8_000.0).abs() < 0.01);
     }
 }

@@ -212,7 +212,9 @@ fn cdf_panel(s: &mut String, left: f64, top: f64, runs: &[&RunSummary]) {
     let x_of = |us: u64| ((us.max(1) as f64).log10() - x_lo) / (x_hi - x_lo);
     let decade_label = |d: f64| {
         let us = 10f64.powf(d);
-        if us >= 1e3 {
+        if us >= 1e6 {
+            format!("{} s", trim(us / 1e6))
+        } else if us >= 1e3 {
             format!("{} ms", trim(us / 1e3))
         } else {
             format!("{} µs", trim(us))

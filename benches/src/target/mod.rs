@@ -1,7 +1,7 @@
 //! Targets: the systems under test, behind one [`Target`] trait so each is measured the same way.
 //!
 //! A target URL is `[LABEL=]SCHEME://HOST:PORT[,HOST:PORT...]`:
-//! - `flotilla://` — Flotilla's native client (router/src/client.rs), when built in;
+//! - `flotilla://` — Flotilla's native client (`flotilla_router::client`) over QUIC;
 //! - `resp://` — Flotilla's RESP gateway or any Redis; clients spread over the addresses;
 //! - `etcd://` — etcd v3 over gRPC (the `etcd-client` crate; cargo feature `etcd`).
 //!
@@ -18,6 +18,7 @@ use crate::workload::OpKind;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod flotilla;
 pub mod resp;
 
 /// A system under test.

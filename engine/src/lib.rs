@@ -8,6 +8,7 @@
 //! Storage (redb), the QUIC transport, the multi-Raft host and the range state machine arrive
 //! with the node work, behind traits the simulator can replace.
 
+pub mod bytes_serde;
 pub mod ids;
 pub mod kv;
 pub mod node;

@@ -25,10 +25,28 @@ pub enum SetCondition {
 /// A write to one range, replicated through its Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: Vec<u8>, value: Vec<u8>, condition: SetCondition },
-    Delete { keys: Vec<Vec<u8>> },
-    IncrBy { key: Vec<u8>, delta: i64 },
-    Append { key: Vec<u8>, suffix: Vec<u8> },
+    Put {
+        #[serde(with = "crate::bytes_serde")]
+        key: Vec<u8>,
+        #[serde(with = "crate::bytes_serde")]
+        value: Vec<u8>,
+        condition: SetCondition,
+    },
+    Delete {
+        #[serde(with = "crate::bytes_serde::list")]
+        keys: Vec<Vec<u8>>,
+    },
+    IncrBy {
+        #[serde(with = "crate::bytes_serde")]
+        key: Vec<u8>,
+        delta: i64,
+    },
+    Append {
+        #[serde(with = "crate::bytes_serde")]
+        key: Vec<u8>,
+        #[serde(with = "crate::bytes_serde")]
+        suffix: Vec<u8>,
+    },
 }
 
 /// What applying a command produced.

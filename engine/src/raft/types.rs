@@ -71,7 +71,7 @@ pub enum EntryPayload {
     /// Appended by every new leader so that it can commit entries of earlier terms (§5.4.2).
     Empty,
     /// An application command, opaque to Raft.
-    Normal(Vec<u8>),
+    Normal(#[serde(with = "crate::bytes_serde")] Vec<u8>),
     /// A membership change. It carries the *whole* resulting membership rather than a delta, so
     /// a node that never saw earlier configurations (a new replica catching up from the log)
     /// still knows the exact configuration. It takes effect as soon as it is appended.
@@ -120,6 +120,7 @@ pub struct SnapshotMeta {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
+    #[serde(with = "crate::bytes_serde")]
     pub data: Vec<u8>,
 }
 

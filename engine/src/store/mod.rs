@@ -130,8 +130,17 @@ impl StoreConfig {
 /// Reads served by the store after a linearizable confirmation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadOp {
-    Get { key: Vec<u8> },
-    Scan { start: Vec<u8>, end: Vec<u8>, limit: u32 },
+    Get {
+        #[serde(with = "crate::bytes_serde")]
+        key: Vec<u8>,
+    },
+    Scan {
+        #[serde(with = "crate::bytes_serde")]
+        start: Vec<u8>,
+        #[serde(with = "crate::bytes_serde")]
+        end: Vec<u8>,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

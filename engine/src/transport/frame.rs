@@ -78,6 +78,7 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub id: u64,
+    #[serde(with = "crate::bytes_serde")]
     pub payload: Vec<u8>,
 }
 

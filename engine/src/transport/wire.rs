@@ -66,5 +66,6 @@ pub struct SnapshotChunk {
     /// Where `bytes` starts in the snapshot data, and the data's whole length.
     pub offset: u64,
     pub total: u64,
+    #[serde(with = "crate::bytes_serde")]
     pub bytes: Vec<u8>,
 }

@@ -97,6 +97,9 @@ pub struct StoreConfig {
     /// Fault-injection tests only: keep disk writes in memory until each fsync, so that a
     /// killed process loses what a power cut would (`NodeStorage::open_writeback`).
     pub lose_unsynced_writes: bool,
+    /// Send a leader's new entries to its followers before its own fsync, so that the two
+    /// fsyncs overlap (Raft thesis §10.2.1).
+    pub early_leader_appends: bool,
 }
 
 impl StoreConfig {
@@ -115,6 +118,7 @@ impl StoreConfig {
             snapshot_bytes_max: 4 << 30,
             clock_rate: 1.0,
             lose_unsynced_writes: false,
+            early_leader_appends: true,
         }
     }
 
@@ -410,6 +414,8 @@ pub struct GroupState {
     pub leader: Option<NodeId>,
     pub commit: LogIndex,
     pub applied: LogIndex,
+    /// The last index in this replica's log (committed or not).
+    pub last_index: LogIndex,
     pub voters: Vec<NodeId>,
     /// Leader only: per-member replication state (diagnostics).
     pub progress: String,
@@ -639,6 +645,7 @@ impl Driver {
                     leader: st.leader,
                     commit: st.commit,
                     applied: g.record.applied,
+                    last_index: g.raft.last_index(),
                     voters: st.membership.all_voters().into_iter().collect(),
                     progress: g.raft.progress_summary(),
                 }
@@ -974,9 +981,10 @@ impl Driver {
         let mut applied_results: Vec<(RangeId, LogIndex, Term, Option<CommandResult>)> = Vec::new();
         let storage = self.storage.clone();
         let mut round = storage.begin_round()?;
+        let mut early: BTreeMap<NodeId, RaftBatch> = BTreeMap::new();
         for &range in ready_groups {
             let Some(g) = self.groups.get_mut(&range) else { continue };
-            let rd = g.raft.ready();
+            let mut rd = g.raft.ready();
             if let Some(snapshot) = &rd.snapshot {
                 g.desc = round.install_snapshot(range, snapshot)?;
                 g.record.snapshot = Some(snapshot.meta.clone());
@@ -994,10 +1002,24 @@ impl Driver {
                 }
                 g.record.hard_state = hs;
             }
-            // Note: sending a leader's appends before its own fsync (thesis §10.2.1) was tried
-            // and, with crashes inside the fsync, lost an acknowledged write in the whole-node
-            // simulator; until that is understood (see docs/TESTING.md) every message
-            // waits for the round to be durable.
+            // A leader's appends may leave before its own fsync (thesis §10.2.1): the leader
+            // counts itself towards a commit only after `advance()`, i.e. once durable.
+            if self.cfg.early_leader_appends && g.raft.role() == Role::Leader {
+                let me = self.cfg.node_id;
+                let mut keep = Vec::with_capacity(rd.messages.len());
+                for m in std::mem::take(&mut rd.messages) {
+                    if matches!(m.body, MessageBody::Append { .. }) && m.term == g.raft.term() {
+                        early
+                            .entry(m.to)
+                            .or_insert_with(|| RaftBatch { from: me, to: m.to, ..RaftBatch::default() })
+                            .messages
+                            .push((range, m));
+                    } else {
+                        keep.push(m);
+                    }
+                }
+                rd.messages = keep;
+            }
             for entry in &rd.committed_entries {
                 let result = match &entry.payload {
                     EntryPayload::Normal(data) => Some(match Command::decode(data) {
@@ -1011,6 +1033,10 @@ impl Driver {
             }
             round.put_group(range, &g.record)?;
             readies.push((range, rd));
+        }
+        for (_, batch) in std::mem::take(&mut early) {
+            metrics::counter!("flotilla_peer_batches_sent_total").increment(1);
+            (self.send)(batch);
         }
         round.commit_with(durable)?;
         if durable {

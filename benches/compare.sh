@@ -108,9 +108,15 @@ redis_up() { redis-cli -p "$R_PORT" PING | grep -q PONG; }
 wait_for "etcd" etcd_healthy
 wait_for "flotilla" flotilla_led
 if [ "$REDIS" = 1 ]; then wait_for "redis" redis_up; fi
-for p in "${pids[@]}"; do
-  kill -0 "$p" 2>/dev/null || { echo "server process $p exited during startup; logs in $OUT" >&2; exit 1; }
-done
+all_alive() { # a server that died makes every later figure meaningless: stop and say which
+  for p in "${pids[@]}"; do
+    if ! kill -0 "$p" 2>/dev/null; then
+      echo "server process $p is gone ($1); logs in $OUT" >&2
+      exit 1
+    fi
+  done
+}
+all_alive "during startup"
 
 F_PIDS=$(IFS=,; echo "${f_pids[*]}")
 E_PIDS=$(IFS=,; echo "${e_pids[*]}")
@@ -122,6 +128,7 @@ RESP_URL="flotilla-resp=resp://127.0.0.1:$F_RESP,127.0.0.2:$F_RESP,127.0.0.3:$F_
 reports=()
 compare() { # name, title, flotilla-bench args... (targets and pids included)
   local name=$1 title=$2; shift 2
+  all_alive "before: $title"
   log "$title"
   "$BENCH" --duration "$DURATION" --warmup "$WARMUP" --keys "$KEYS" --value-size 256 \
     --title "$title" --json "$OUT/$name.json" "$@"
@@ -143,6 +150,8 @@ if [ "$REDIS" = 1 ]; then
     --workload kv0 --clients 50 --compare "$RESP_URL,redis=resp://127.0.0.1:$R_PORT" \
     --server-pids "$F_PIDS" --server-pids "${r_pids[0]}"
 fi
+
+all_alive "after the last comparison"
 
 # --- 5. side by side ---------------------------------------------------------------------------
 log "side by side (3 Flotilla nodes vs 3 etcd members on $(nproc) cores, fsync on, 256-byte values, $DURATION each)"

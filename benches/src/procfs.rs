@@ -19,6 +19,9 @@ pub struct ProcSample {
 impl ProcSample {
     /// `pid` 0 means this process.
     pub fn read(pid: u32) -> Result<ProcSample> {
+        if pid != 0 && !alive(pid) {
+            anyhow::bail!("process {pid} is not running (exited or killed)");
+        }
         let dir = if pid == 0 { "/proc/self".to_string() } else { format!("/proc/{pid}") };
         let stat =
             std::fs::read_to_string(format!("{dir}/stat")).with_context(|| format!("read {dir}/stat"))?;

@@ -154,7 +154,9 @@ fi
 all_alive "after the last comparison"
 
 # --- 5. side by side ---------------------------------------------------------------------------
-log "side by side (3 Flotilla nodes vs 3 etcd members on $(nproc) cores, fsync on, 256-byte values, $DURATION each)"
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- 2>/dev/null || rev="$rev+uncommitted changes"
+log "side by side (Flotilla $rev; 3 nodes vs 3 etcd members on $(nproc) cores, fsync on, 256-byte values, $DURATION each)"
 "$BENCH" --summarize "${reports[@]}" --svg "$OUT/compare.svg"
 echo
 echo "Reports: $OUT/*.json, $OUT/compare.svg; server logs: $OUT/*.log"

@@ -17,8 +17,9 @@
 //! - a `Round` is all-or-nothing: either every change in it is durable, or none is;
 //! - a failed commit poisons the store (`StorageError::Poisoned`): fsync failures are never
 //!   retried, because the kernel may have dropped the dirty pages (the "fsyncgate" lesson);
-//! - every log entry is stored with a CRC-32C of its encoding; a mismatch on load is
-//!   `StorageError::Corrupt`, never a silently applied entry;
+//! - the log is one record per round (every group's new entries), stored with a CRC-32C of
+//!   its encoding; a mismatch on load is `StorageError::Corrupt`, never a silently applied
+//!   entry (format 3);
 //! - every value is stored with a CRC-32C of its key and value; a mismatch on read is
 //!   `StorageError::Corrupt`, never a served value (format 2).
 
@@ -26,6 +27,7 @@ mod faulty;
 mod simdisk;
 mod writeback;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,8 +42,11 @@ pub use writeback::WritebackBackend;
 use crate::ids::RangeId;
 use crate::raft::{Entry, HardState, InitialState, LogIndex, NodeId, Snapshot, SnapshotMeta};
 
-/// (range, index) → checksummed entry.
-const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
+/// Round sequence number → checksummed record of every entry the round appended, for all
+/// groups at once (`LogRecord`). One record per round keeps the log's writes sequential: one
+/// insert at the tail of one B-tree, however many groups took entries (keying entries by
+/// (range, index) dirtied one leaf page per group per round).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log_rounds");
 /// range → `GroupRecord`.
 const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_groups");
 /// Key-value pairs in key order.
@@ -55,7 +60,7 @@ const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// On-disk format version; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -107,6 +112,10 @@ pub struct GroupRecord {
     /// The last snapshot (installed or taken); entries up to its index are gone from the log.
     pub snapshot: Option<SnapshotMeta>,
     pub applied: LogIndex,
+    /// Log records older than this sequence number hold nothing for this group (its log was
+    /// replaced by a snapshot when this was the next sequence number). Kept by the storage:
+    /// `Round::put_group` sets it, whatever the given record says.
+    pub log_from_seq: u64,
 }
 
 /// The CRC-32C lookup table, built at compile time.
@@ -167,26 +176,23 @@ fn open_value(key: &[u8], stored: &[u8]) -> Result<Vec<u8>, StorageError> {
     Ok(value.to_vec())
 }
 
-fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
-    let body = postcard::to_stdvec(entry).map_err(|e| StorageError::Io(format!("encode entry: {e}")))?;
+/// A CRC-32C, then the postcard encoding of `value`.
+fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    let body = postcard::to_stdvec(value).map_err(|e| StorageError::Io(format!("encode: {e}")))?;
     let mut out = Vec::with_capacity(body.len() + 4);
     out.extend_from_slice(&crc32c(&body).to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-fn decode_entry(range: RangeId, index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
-    let corrupt = |what: &str| StorageError::Corrupt(format!("log entry {range} i{index}: {what}"));
+fn decode_checked<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StorageError> {
+    let corrupt = |why: &str| StorageError::Corrupt(format!("{what}: {why}"));
     let (sum, body) = bytes.split_at_checked(4).ok_or_else(|| corrupt("shorter than its checksum"))?;
     let sum = u32::from_le_bytes(sum.try_into().map_err(|_| corrupt("bad checksum field"))?);
     if crc32c(body) != sum {
         return Err(corrupt("checksum mismatch"));
     }
-    let entry: Entry = postcard::from_bytes(body).map_err(|e| corrupt(&format!("undecodable: {e}")))?;
-    if entry.index.0 != index {
-        return Err(corrupt(&format!("stored under index {index} but says {}", entry.index)));
-    }
-    Ok(entry)
+    postcard::from_bytes(body).map_err(|e| corrupt(&format!("undecodable: {e}")))
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StorageError> {
@@ -202,6 +208,31 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
 pub struct NodeStorage {
     db: Arc<Database>,
     poisoned: Arc<AtomicBool>,
+    log: Arc<std::sync::Mutex<LogState>>,
+}
+
+/// What a round appended: (range, entries), the entries of one range contiguous. Entries
+/// starting at index i replace that range's entries from i on (a leader's suffix wins).
+type LogRecord = Vec<(u64, Vec<Entry>)>;
+
+/// The in-memory index of the log's round records, kept in step with committed rounds.
+#[derive(Debug, Default)]
+struct LogState {
+    /// The sequence number the next record gets.
+    next_seq: u64,
+    /// Every stored record: range → the last index it holds for that range.
+    live: BTreeMap<u64, BTreeMap<u64, u64>>,
+    /// The same, by range: range → record → last index.
+    by_range: HashMap<u64, BTreeMap<u64, u64>>,
+    /// range → entries up to this index are compacted away (or replaced by a snapshot).
+    compacted: HashMap<u64, u64>,
+    /// range → its `GroupRecord::log_from_seq` (storage's own bookkeeping: `put_group` fills
+    /// it in, whatever the caller's copy of the record says).
+    from_seq: HashMap<u64, u64>,
+    /// Every group's entries as of the last full read of the log (`load_log`), for
+    /// `load_group`; valid until a round changes the log.
+    loaded: HashMap<u64, Vec<Entry>>,
+    loaded_valid: bool,
 }
 
 impl std::fmt::Debug for NodeStorage {
@@ -256,7 +287,11 @@ impl NodeStorage {
     }
 
     fn init(db: Database) -> Result<NodeStorage, StorageError> {
-        let storage = NodeStorage { db: Arc::new(db), poisoned: Arc::new(AtomicBool::new(false)) };
+        let storage = NodeStorage {
+            db: Arc::new(db),
+            poisoned: Arc::new(AtomicBool::new(false)),
+            log: Arc::new(std::sync::Mutex::new(LogState::default())),
+        };
         // Create every table so that read transactions never meet a missing one.
         let txn = storage.db.begin_write().map_err(io)?;
         {
@@ -279,7 +314,86 @@ impl NodeStorage {
             }
         }
         txn.commit().map_err(io)?;
+        storage.load_log()?;
         Ok(storage)
+    }
+
+    fn log_state(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads every round record once, in order, and rebuilds each group's entries: a record's
+    /// entries for a range replace that range's entries from their first index on; records
+    /// older than a group's last snapshot install (`GroupRecord::log_from_seq`) do not count
+    /// for it; entries at or below the group's snapshot are dropped.
+    fn load_log(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let groups = txn.open_table(GROUPS).map_err(io)?;
+        let mut records: HashMap<u64, GroupRecord> = HashMap::new();
+        for row in groups.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            records.insert(k.value(), decode("group record", v.value())?);
+        }
+        let log = txn.open_table(LOG).map_err(io)?;
+        let mut state = LogState::default();
+        let mut entries: HashMap<u64, Vec<Entry>> = HashMap::new();
+        for row in log.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            let seq = k.value();
+            let record: LogRecord = decode_checked(&format!("log record {seq}"), v.value())?;
+            let mut lasts = BTreeMap::new();
+            for (range, mut new) in record {
+                let Some(last) = new.last() else { continue };
+                lasts.insert(range, last.index.0);
+                let group = records.get(&range);
+                if group.is_some_and(|r| seq < r.log_from_seq) {
+                    continue;
+                }
+                // The record's entries replace everything from its first index on — even when
+                // they are all compacted away themselves, their replacing still counts.
+                let have = entries.entry(range).or_default();
+                let keep = have.partition_point(|e| e.index < new[0].index);
+                have.truncate(keep);
+                // Entries a compaction already dropped may survive in a record another group
+                // still needs: skip them, so that a deleted record in between is no gap.
+                let upto = group.and_then(|r| r.snapshot.as_ref()).map_or(0, |s| s.index.0);
+                new.retain(|e| e.index.0 > upto);
+                let Some(first) = new.first() else { continue };
+                if let Some(prev) = have.last() {
+                    if prev.index.0 > upto && prev.index.next() != first.index {
+                        return Err(StorageError::Corrupt(format!(
+                            "log of r{range} has a gap: i{} after i{} (record {seq})",
+                            first.index, prev.index
+                        )));
+                    }
+                }
+                have.extend(new);
+            }
+            for (&range, &last) in &lasts {
+                state.by_range.entry(range).or_default().insert(seq, last);
+            }
+            state.live.insert(seq, lasts);
+            state.next_seq = seq + 1;
+        }
+        // Records from before a group's snapshot install hold nothing for it.
+        for (range, record) in &records {
+            state.forget_before(*range, record.log_from_seq);
+            state.from_seq.insert(*range, record.log_from_seq);
+            // Sequence numbers never go back: records at the tail may have been deleted, but
+            // a snapshot install may have pointed past them.
+            state.next_seq = state.next_seq.max(record.log_from_seq);
+        }
+        for (range, record) in &records {
+            let upto = record.snapshot.as_ref().map_or(0, |s| s.index.0);
+            state.compacted.insert(*range, upto);
+            if let Some(have) = entries.get_mut(range) {
+                have.retain(|e| e.index.0 > upto);
+            }
+        }
+        state.loaded = entries;
+        state.loaded_valid = true;
+        *self.log_state() = state;
+        Ok(())
     }
 
     fn check_poison(&self) -> Result<(), StorageError> {
@@ -326,7 +440,7 @@ impl NodeStorage {
     pub fn begin_round(&self) -> Result<Round<'_>, StorageError> {
         self.check_poison()?;
         let txn = self.db.begin_write().map_err(io)?;
-        Ok(Round { txn, storage: self })
+        Ok(Round { txn, storage: self, appended: Vec::new(), reset: Vec::new(), compactions: Vec::new() })
     }
 
     /// Every range this node holds a replica of.
@@ -350,20 +464,19 @@ impl NodeStorage {
         let groups = txn.open_table(GROUPS).map_err(io)?;
         let Some(record) = groups.get(range.0).map_err(io)? else { return Ok(None) };
         let record: GroupRecord = decode("group record", record.value())?;
-        let log = txn.open_table(LOG).map_err(io)?;
         let first = record.snapshot.as_ref().map_or(0, |s| s.index.0) + 1;
-        let mut entries = Vec::new();
-        for row in log.range((range.0, first)..=(range.0, u64::MAX)).map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            let (_, index) = k.value();
-            let expected = first + entries.len() as u64;
-            if index != expected {
+        if !self.log_state().loaded_valid {
+            self.load_log()?;
+        }
+        let entries = self.log_state().loaded.get(&range.0).cloned().unwrap_or_default();
+        if let Some(e) = entries.first() {
+            if e.index.0 != first {
                 return Err(StorageError::Corrupt(format!(
-                    "log of {range} has a gap: i{index} after i{}",
-                    expected - 1
+                    "log of {range} starts at i{} but its snapshot ends at i{}",
+                    e.index,
+                    first - 1
                 )));
             }
-            entries.push(decode_entry(range, index, v.value())?);
         }
         let snapshot = record.snapshot.clone().map(|meta| Snapshot { meta, data: Vec::new() });
         let initial =
@@ -421,6 +534,68 @@ impl NodeStorage {
             pairs.push((k.value().to_vec(), value));
         }
         Ok((applied, encode(&SnapshotData { descriptor: desc.clone(), pairs })?))
+    }
+}
+
+impl LogState {
+    /// Records older than `seq` hold nothing for `range` any more.
+    fn forget_before(&mut self, range: u64, seq: u64) {
+        let Some(seqs) = self.by_range.get_mut(&range) else { return };
+        let older: Vec<u64> = seqs.range(..seq).map(|(&s, _)| s).collect();
+        for s in older {
+            seqs.remove(&s);
+            if let Some(l) = self.live.get_mut(&s) {
+                l.remove(&range);
+            }
+        }
+    }
+
+    /// Records that may be deleted once a round with these compactions and snapshot installs
+    /// commits. A record may go when, for every range in it, it and every older record of
+    /// that range hold nothing above the range's compaction point — "every older" because a
+    /// record's entries may have been replaced by a newer record's: deleting the newer one
+    /// while an older one survives (kept by another range) would bring the replaced entries
+    /// back on the next load, unless they are below the compaction point and so skipped.
+    fn dead_records(&self, compactions: &[(u64, u64)], reset: &[u64]) -> Vec<u64> {
+        if compactions.is_empty() && reset.is_empty() {
+            return Vec::new();
+        }
+        let compacted = |r: u64| -> u64 {
+            let base = self.compacted.get(&r).copied().unwrap_or(0);
+            compactions.iter().filter(|(x, _)| *x == r).map(|&(_, u)| u).fold(base, u64::max)
+        };
+        // range → the newest record up to which every record of the range is clear.
+        let mut clear: HashMap<u64, Option<u64>> = HashMap::new();
+        let mut clear_upto = |r: u64| -> Option<u64> {
+            *clear.entry(r).or_insert_with(|| {
+                if reset.contains(&r) {
+                    return Some(u64::MAX);
+                }
+                let c = compacted(r);
+                let mut upto = None;
+                for (&s, &last) in self.by_range.get(&r)?.iter() {
+                    if last > c {
+                        break;
+                    }
+                    upto = Some(s);
+                }
+                upto
+            })
+        };
+        let mut candidates = std::collections::BTreeSet::new();
+        for r in compactions.iter().map(|&(r, _)| r).chain(reset.iter().copied()) {
+            if let (Some(upto), Some(seqs)) = (clear_upto(r), self.by_range.get(&r)) {
+                candidates.extend(seqs.range(..=upto).map(|(&s, _)| s));
+            }
+        }
+        candidates
+            .into_iter()
+            .filter(|s| {
+                self.live
+                    .get(s)
+                    .is_some_and(|lasts| lasts.keys().all(|&r| clear_upto(r).is_some_and(|u| u >= *s)))
+            })
+            .collect()
     }
 }
 
@@ -490,6 +665,12 @@ struct SnapshotData {
 pub struct Round<'s> {
     txn: redb::WriteTransaction,
     storage: &'s NodeStorage,
+    /// The entries appended in this round, written as one record at commit.
+    appended: LogRecord,
+    /// Ranges whose logs a snapshot replaced in this round.
+    reset: Vec<u64>,
+    /// (range, upto) compactions in this round.
+    compactions: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Round<'_> {
@@ -506,8 +687,21 @@ impl Round<'_> {
     }
 
     pub fn put_group(&mut self, range: RangeId, record: &GroupRecord) -> Result<(), StorageError> {
+        let from_seq = {
+            let state = self.storage.log_state();
+            if self.reset.contains(&range.0) {
+                state.next_seq
+            } else {
+                state.from_seq.get(&range.0).copied().unwrap_or(0)
+            }
+        };
+        let bytes = if record.log_from_seq == from_seq {
+            encode(record)?
+        } else {
+            encode(&GroupRecord { log_from_seq: from_seq, ..record.clone() })?
+        };
         let mut t = self.txn.open_table(GROUPS).map_err(io)?;
-        t.insert(range.0, encode(record)?.as_slice()).map_err(io)?;
+        t.insert(range.0, bytes.as_slice()).map_err(io)?;
         Ok(())
     }
 
@@ -520,22 +714,28 @@ impl Round<'_> {
         }
     }
 
-    /// Writes entries, first removing everything from `entries[0].index` on (a leader's
-    /// entries replace a conflicting suffix).
+    /// Appends entries, replacing everything from `entries[0].index` on (a leader's entries
+    /// replace a conflicting suffix). Stored at commit, in the round's one log record.
     pub fn append(&mut self, range: RangeId, entries: &[Entry]) -> Result<(), StorageError> {
-        let Some(first) = entries.first() else { return Ok(()) };
-        let mut t = self.txn.open_table(LOG).map_err(io)?;
-        t.retain_in((range.0, first.index.0)..=(range.0, u64::MAX), |_, _| false).map_err(io)?;
-        for e in entries {
-            t.insert((range.0, e.index.0), encode_entry(e)?.as_slice()).map_err(io)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        match self.appended.iter_mut().find(|(r, _)| *r == range.0) {
+            Some((_, have)) => {
+                // A second append in one round: the later one wins from its first index on.
+                let keep = have.partition_point(|e| e.index < entries[0].index);
+                have.truncate(keep);
+                have.extend_from_slice(entries);
+            }
+            None => self.appended.push((range.0, entries.to_vec())),
         }
         Ok(())
     }
 
-    /// Drops log entries up to and including `upto`.
+    /// Drops log entries up to and including `upto`: the records that no group needs any more
+    /// are deleted in this round.
     pub fn truncate_prefix(&mut self, range: RangeId, upto: LogIndex) -> Result<(), StorageError> {
-        let mut t = self.txn.open_table(LOG).map_err(io)?;
-        t.retain_in((range.0, 0)..=(range.0, upto.0), |_, _| false).map_err(io)?;
+        self.compactions.push((range.0, upto.0));
         Ok(())
     }
 
@@ -546,10 +746,10 @@ impl Round<'_> {
         snapshot: &Snapshot,
     ) -> Result<RangeDescriptor, StorageError> {
         let data: SnapshotData = decode("snapshot data", &snapshot.data)?;
-        {
-            let mut log = self.txn.open_table(LOG).map_err(io)?;
-            log.retain_in((range.0, 0)..=(range.0, u64::MAX), |_, _| false).map_err(io)?;
-        }
+        // The range's log restarts after the snapshot: records before this round no longer
+        // count for it, and entries this round appended before the install are dropped.
+        self.appended.retain(|(r, _)| *r != range.0);
+        self.reset.push(range.0);
         let desc = data.descriptor;
         {
             let mut t = self.txn.open_table(DATA).map_err(io)?;
@@ -601,6 +801,28 @@ impl Round<'_> {
     /// already durable in the log. On failure the store is poisoned.
     pub fn commit_with(mut self, durable: bool) -> Result<(), StorageError> {
         let poisoned = self.storage.poisoned.clone();
+        let storage = self.storage;
+        let mut state = storage.log_state();
+        // The round's entries: one record at the tail.
+        let seq = state.next_seq;
+        let mut lasts = BTreeMap::new();
+        if !self.appended.is_empty() {
+            for (range, entries) in &self.appended {
+                if let Some(last) = entries.last() {
+                    lasts.insert(*range, last.index.0);
+                }
+            }
+            let bytes = encode_checked(&self.appended)?;
+            let mut log = self.txn.open_table(LOG).map_err(io)?;
+            log.insert(seq, bytes.as_slice()).map_err(io)?;
+        }
+        let dead = state.dead_records(&self.compactions, &self.reset);
+        if !dead.is_empty() {
+            let mut log = self.txn.open_table(LOG).map_err(io)?;
+            for s in &dead {
+                log.remove(*s).map_err(io)?;
+            }
+        }
         let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
         if let Err(e) = self.txn.set_durability(durability) {
             poisoned.store(true, Ordering::Release);
@@ -609,7 +831,38 @@ impl Round<'_> {
         self.txn.commit().map_err(|e| {
             poisoned.store(true, Ordering::Release);
             io(e)
-        })
+        })?;
+        // Committed: the index follows.
+        if !lasts.is_empty() || !dead.is_empty() || !self.compactions.is_empty() || !self.reset.is_empty() {
+            state.loaded_valid = false;
+            state.loaded = HashMap::new();
+        }
+        for &(range, upto) in &self.compactions {
+            let c = state.compacted.entry(range).or_insert(0);
+            *c = (*c).max(upto);
+        }
+        for &range in &self.reset {
+            // Records from before the install hold nothing this range needs.
+            state.forget_before(range, seq);
+            state.from_seq.insert(range, seq);
+        }
+        for s in &dead {
+            if let Some(lasts) = state.live.remove(s) {
+                for range in lasts.keys() {
+                    if let Some(seqs) = state.by_range.get_mut(range) {
+                        seqs.remove(s);
+                    }
+                }
+            }
+        }
+        if !lasts.is_empty() {
+            for (&range, &last) in &lasts {
+                state.by_range.entry(range).or_default().insert(seq, last);
+            }
+            state.live.insert(seq, lasts);
+            state.next_seq = seq + 1;
+        }
+        Ok(())
     }
 }
 

@@ -94,15 +94,20 @@ fn corrupt_entry_is_detected_not_applied() {
         let mut round = s.begin_round().unwrap();
         round.put_group(r, &GroupRecord::default()).unwrap();
         round.append(r, &[entry(1, 1, b"good"), entry(2, 1, b"good")]).unwrap();
-        {
-            // Flip one byte of entry 2 behind the checksum's back.
-            let mut t = round.txn.open_table(LOG).unwrap();
-            let mut bytes = t.get((r.0, 2)).unwrap().unwrap().value().to_vec();
-            let last = bytes.len() - 1;
-            bytes[last] ^= 0x40;
-            t.insert((r.0, 2), bytes.as_slice()).unwrap();
-        }
         round.commit().unwrap();
+        {
+            // Flip one byte of the round's log record behind the checksum's back.
+            let round = s.begin_round().unwrap();
+            {
+                let mut t = round.txn.open_table(LOG).unwrap();
+                let mut bytes = t.get(0).unwrap().unwrap().value().to_vec();
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x40;
+                t.insert(0, bytes.as_slice()).unwrap();
+            }
+            round.txn.commit().unwrap();
+        }
+        s.log_state().loaded_valid = false;
         match s.load_group(r) {
             Err(StorageError::Corrupt(what)) => assert!(what.contains("checksum"), "{name}: {what}"),
             other => panic!("{name}: corrupt entry not detected: {other:?}"),

@@ -459,10 +459,7 @@ pub fn build(
             round.put_range(desc).map_err(storage_err)?;
             round.append(desc.id, &initial.entries).map_err(storage_err)?;
             round
-                .put_group(
-                    desc.id,
-                    &GroupRecord { hard_state: initial.hard_state, snapshot: None, applied: LogIndex::ZERO },
-                )
+                .put_group(desc.id, &GroupRecord { hard_state: initial.hard_state, ..GroupRecord::default() })
                 .map_err(storage_err)?;
         }
         round.commit().map_err(storage_err)?;

@@ -360,3 +360,104 @@ fn digests_agree_exactly_when_the_data_does() {
     assert_ne!(a.hash, digest(&[(b"a", b"1"), (b"b", b"3")]).hash);
     assert_ne!(a.hash, digest(&[(b"a", b"12")]).hash, "boundaries are part of the hash");
 }
+
+fn reload(s: &NodeStorage, r: RangeId) -> Vec<(u64, u64)> {
+    s.log_state().loaded_valid = false; // as after a restart: read the log records again
+    let (initial, _) = s.load_group(r).unwrap().unwrap();
+    initial.entries.iter().map(|e| (e.index.0, e.term.0)).collect()
+}
+
+fn meta(index: u64, term: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        index: LogIndex(index),
+        term: Term(term),
+        membership: Membership::with_voters([NodeId(1)]),
+    }
+}
+
+#[test]
+fn a_replaced_suffix_stays_replaced_after_compaction_and_record_deletion() {
+    each_backend(|name, s| {
+        let (r, other) = (RangeId(1), RangeId(2));
+        let mut round = s.begin_round().unwrap();
+        round.put_group(r, &GroupRecord::default()).unwrap();
+        round.put_group(other, &GroupRecord::default()).unwrap();
+        // Record 0 also holds another group's entry, which keeps it alive.
+        let old: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"old")).collect();
+        round.append(r, &old).unwrap();
+        round.append(other, &[entry(1, 1, b"x")]).unwrap();
+        round.commit().unwrap();
+        // A new leader's entry 3 replaces 3..5 of term 1.
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(3, 2, b"new")]).unwrap();
+        round.commit().unwrap();
+        assert_eq!(reload(&s, r), vec![(1, 1), (2, 1), (3, 2)], "{name}");
+        // Compact through 3: the record holding (3, 2) is all below the compaction point.
+        let mut round = s.begin_round().unwrap();
+        round
+            .put_group(
+                r,
+                &GroupRecord { snapshot: Some(meta(3, 2)), applied: LogIndex(3), ..GroupRecord::default() },
+            )
+            .unwrap();
+        round.truncate_prefix(r, LogIndex(3)).unwrap();
+        round.commit_with(false).unwrap();
+        assert_eq!(reload(&s, r), Vec::<(u64, u64)>::new(), "{name}: replaced entries 4 and 5 came back");
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(4, 2, b"next")]).unwrap();
+        round.commit().unwrap();
+        assert_eq!(reload(&s, r), vec![(4, 2)], "{name}");
+    });
+}
+
+#[test]
+fn a_snapshot_install_hides_older_records_whatever_the_host_writes_later() {
+    each_backend(|name, s| {
+        let r = RangeId(1);
+        let mut round = s.begin_round().unwrap();
+        round.put_group(r, &GroupRecord::default()).unwrap();
+        round
+            .put_range(&RangeDescriptor {
+                id: r,
+                start: Vec::new(),
+                end: Vec::new(),
+                replicas: vec![NodeId(1)],
+            })
+            .unwrap();
+        round.append(r, &(1..=15).map(|i| entry(i, 1, b"old")).collect::<Vec<_>>()).unwrap();
+        // Another group's entry keeps this record alive after the install.
+        round.put_group(RangeId(2), &GroupRecord::default()).unwrap();
+        round.append(RangeId(2), &[entry(1, 1, b"x")]).unwrap();
+        round.commit().unwrap();
+        // A snapshot at 10 replaces the log; the host then writes its own copy of the group
+        // record (which knows nothing of log_from_seq), in this round and the next.
+        let data = s
+            .snapshot_range(&RangeDescriptor {
+                id: r,
+                start: Vec::new(),
+                end: Vec::new(),
+                replicas: vec![NodeId(1)],
+            })
+            .unwrap()
+            .1;
+        let mut round = s.begin_round().unwrap();
+        round.install_snapshot(r, &Snapshot { meta: meta(10, 3), data }).unwrap();
+        let host =
+            GroupRecord { snapshot: Some(meta(10, 3)), applied: LogIndex(10), ..GroupRecord::default() };
+        round.put_group(r, &host).unwrap();
+        round.commit().unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.put_group(r, &host).unwrap();
+        round.commit().unwrap();
+        // Entries 11..15 of term 1 were above the snapshot but belong to the replaced log.
+        assert_eq!(
+            reload(&s, r),
+            Vec::<(u64, u64)>::new(),
+            "{name}: entries from before the snapshot came back"
+        );
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(11, 3, b"new")]).unwrap();
+        round.commit().unwrap();
+        assert_eq!(reload(&s, r), vec![(11, 3)], "{name}");
+    });
+}

@@ -39,6 +39,13 @@ enum Command {
     /// Read and write keys through the native client (QUIC to any node's --listen address).
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Measure throughput and latency: the flotilla-bench harness (`flotilla bench --help`).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// flotilla-bench's arguments, e.g. `-t flotilla://127.0.0.1:7000 -w a -d 10s`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,6 +123,32 @@ fn parse_bug(s: &str) -> Result<PlantedBug, String> {
     })
 }
 
+/// `flotilla bench ...`: the same harness as the `flotilla-bench` binary.
+fn run_bench(args: Vec<String>) -> ExitCode {
+    use clap::Parser as _;
+    let args = match flotilla_bench::cli::Args::try_parse_from(
+        std::iter::once("flotilla bench".to_string()).chain(args),
+    ) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("bench").build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("flotilla bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(flotilla_bench::app::main(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -129,6 +162,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Kv(command) => run_kv(command),
+        Command::Bench { args } => run_bench(args),
         Command::Cert(cert) => match run_cert(cert) {
             Ok(message) => {
                 println!("{message}");

@@ -80,3 +80,23 @@ fn node_not_in_the_initial_cluster_is_refused_clearly() {
     assert!(!ok);
     assert!(err.contains("not in the initial cluster"), "{err}");
 }
+
+#[test]
+fn bench_subcommand_is_the_harness() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, help, _) = run(&["--help"]);
+    assert!(ok && help.contains("--workload") && help.contains("flotilla bench"), "{help}");
+    let (ok, _, err) = run(&["-t", "bogus://x", "-d", "1s"]);
+    assert!(!ok && err.contains("unknown scheme"), "{err}");
+}

@@ -43,7 +43,10 @@ impl Log {
             round.append(RangeId(g), &[entry]).unwrap();
             let hard_state = HardState { term: Term(2), vote: Some(NodeId(1)), commit: LogIndex(index) };
             round
-                .put_group(RangeId(g), &GroupRecord { hard_state, snapshot: None, applied: LogIndex(index) })
+                .put_group(
+                    RangeId(g),
+                    &GroupRecord { hard_state, applied: LogIndex(index), ..GroupRecord::default() },
+                )
                 .unwrap();
             if index % TRUNCATE_EVERY_ROUNDS == 0 {
                 round.truncate_prefix(RangeId(g), LogIndex(index - 1)).unwrap();

@@ -63,6 +63,8 @@ const BACKOFF_MAX: Duration = Duration::from_millis(250);
 const HINT_HOPS_MAX: u32 = 4;
 /// A node that failed to connect is not dialled again for this long.
 const REDIAL_AFTER: Duration = Duration::from_millis(200);
+/// How long a node whose connection was lost is avoided while another replica can be asked.
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
 /// The routing cache is refreshed at most this often.
 const REFRESH_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// Pairs asked of one range per scan request at most.
@@ -184,6 +186,10 @@ struct Inner {
     /// When a refresh was last tried (or a description applied).
     last_refresh: Mutex<Option<Instant>>,
     rotation: AtomicUsize,
+    /// Nodes whose connection was just lost or could not be made, and when. For
+    /// `SUSPECT_FOR` requests go to the range's other replicas (which serve, or answer with a
+    /// hint, once one of them is elected) instead of waiting out a handshake to a dead node.
+    suspects: Mutex<HashMap<NodeId, Instant>>,
     stats: Stats,
 }
 
@@ -283,6 +289,7 @@ impl Client {
                 refreshing: AtomicBool::new(false),
                 last_refresh: Mutex::new(None),
                 rotation: AtomicUsize::new(0),
+                suspects: Mutex::new(HashMap::new()),
                 stats: Stats::default(),
             }),
         };
@@ -573,16 +580,20 @@ impl Client {
     /// Where to send the next attempt for `range`: its cached leader, else its replicas in
     /// turn (each answers with a hint if it knows the leader).
     fn target(&self, range: RangeId) -> Option<NodeId> {
+        let suspects = self.live_suspects();
         let routing = self.read_routing();
         let r = routing.ranges.iter().find(|r| r.id == range)?;
-        if let Some(leader) = r.leader {
+        if let Some(leader) = r.leader.filter(|l| !suspects.contains(l)) {
             return Some(leader);
         }
-        let candidates: Vec<NodeId> = if r.replicas.is_empty() {
+        let all: Vec<NodeId> = if r.replicas.is_empty() {
             routing.members.keys().copied().collect()
         } else {
             r.replicas.clone()
         };
+        // Suspect nodes only when no other replica is left to ask.
+        let healthy: Vec<NodeId> = all.iter().copied().filter(|n| !suspects.contains(n)).collect();
+        let candidates = if healthy.is_empty() { all } else { healthy };
         if candidates.is_empty() {
             return None;
         }
@@ -682,7 +693,15 @@ impl Client {
             return Err(AttemptError::NotSent("deadline passed before sending".into()));
         }
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
-        match connection.request(payload, timeout).await {
+        let result = connection.request(payload, timeout).await;
+        match &result {
+            Ok(_) => self.clear_suspect(node),
+            // Never sent, or lost with the connection: the node may be down.
+            Err(TransportError::Unreachable { .. }) => self.suspect(node),
+            Err(_) if connection.is_closed() => self.suspect(node),
+            Err(_) => {}
+        }
+        match result {
             Ok(bytes) => match postcard::from_bytes::<KvResponse>(&bytes) {
                 Ok(KvResponse::Command(result)) => Ok(result.map(Answer::Command)),
                 Ok(KvResponse::Read(result)) => Ok(result.map(Answer::Read)),
@@ -736,8 +755,32 @@ impl Client {
             Ok(Err(failure)) if failure.wrong_cluster => {
                 Err(AttemptError::Fatal(ClientError::ClusterMismatch(failure.reason.clone())))
             }
-            Ok(Err(failure)) => Err(AttemptError::NotSent(failure.reason.clone())),
+            Ok(Err(failure)) => {
+                self.suspect(node);
+                Err(AttemptError::NotSent(failure.reason.clone()))
+            }
             Err(_) => Err(AttemptError::NotSent(format!("no connection to {node} before the deadline"))),
+        }
+    }
+
+    /// Nodes whose connection failed within the last `SUSPECT_FOR`.
+    fn live_suspects(&self) -> Vec<NodeId> {
+        let mut suspects = self.inner.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        if suspects.is_empty() {
+            return Vec::new();
+        }
+        suspects.retain(|_, at| at.elapsed() < SUSPECT_FOR);
+        suspects.keys().copied().collect()
+    }
+
+    fn suspect(&self, node: NodeId) {
+        self.inner.suspects.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now());
+    }
+
+    fn clear_suspect(&self, node: NodeId) {
+        let mut suspects = self.inner.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        if !suspects.is_empty() {
+            suspects.remove(&node);
         }
     }
 

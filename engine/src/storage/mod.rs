@@ -717,17 +717,20 @@ impl Round<'_> {
     /// Appends entries, replacing everything from `entries[0].index` on (a leader's entries
     /// replace a conflicting suffix). Stored at commit, in the round's one log record.
     pub fn append(&mut self, range: RangeId, entries: &[Entry]) -> Result<(), StorageError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
+        self.append_owned(range, entries.to_vec())
+    }
+
+    /// [`append`](Self::append), taking the entries (no copy of their payloads).
+    pub fn append_owned(&mut self, range: RangeId, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
         match self.appended.iter_mut().find(|(r, _)| *r == range.0) {
             Some((_, have)) => {
                 // A second append in one round: the later one wins from its first index on.
-                let keep = have.partition_point(|e| e.index < entries[0].index);
+                let keep = have.partition_point(|e| e.index < first);
                 have.truncate(keep);
-                have.extend_from_slice(entries);
+                have.extend(entries);
             }
-            None => self.appended.push((range.0, entries.to_vec())),
+            None => self.appended.push((range.0, entries)),
         }
         Ok(())
     }

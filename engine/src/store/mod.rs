@@ -989,8 +989,10 @@ impl Driver {
                 durable = true;
             }
             if !rd.entries.is_empty() {
-                round.append(range, &rd.entries)?;
-                entries_written += rd.entries.len() as u64;
+                // The core does not need them back: the storage takes them.
+                let entries = std::mem::take(&mut rd.entries);
+                entries_written += entries.len() as u64;
+                round.append_owned(range, entries)?;
                 durable = true;
             }
             if let Some(hs) = rd.hard_state {

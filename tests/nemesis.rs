@@ -535,3 +535,30 @@ fn a_corrupted_byte_is_detected_and_never_served() {
     let reply = harness::resp(run.cluster.nodes[0].resp, &[b"GET", &key]).expect("read through node 1");
     assert_eq!(reply, harness::Reply::Bulk(Some(value)));
 }
+
+#[test]
+fn message_delay_reorder_duplication_and_loss() {
+    // The transport's test-only chaos stage on every node: Raft batches delayed up to 30 ms,
+    // 20% overtaken by later ones, 5% sent twice, 5% dropped.
+    let setup = Setup {
+        env: &[(None, "FLOTILLA_TEST_CHAOS", "delay_ms=30,reorder=0.2,dup=0.05,drop=0.05")],
+        ..Setup::default()
+    };
+    let mut run = Run::start("message_delay_reorder_duplication_and_loss", setup);
+    assert!(run.cluster.log(1).contains("FLOTILLA_TEST_CHAOS"), "the chaos stage is not on");
+    run.fault("chaos on every link: delay <=30 ms, 20% reordered, 5% duplicated, 5% dropped");
+    let end = Instant::now() + phase(Duration::from_secs(9));
+    let mut k = 0;
+    while Instant::now() < end {
+        k += 1;
+        run.sleep(Duration::from_secs(3));
+        if k % 2 == 0 {
+            let leader = run.leader_of(register_key(k % 6, 6).as_bytes());
+            eprintln!("[chaos] SIGKILL node {leader} (a leader)");
+            run.cluster.kill(leader);
+            run.sleep(Duration::from_millis(1_000));
+            run.cluster.restart(leader);
+        }
+    }
+    run.finish();
+}

@@ -496,24 +496,41 @@ impl NodeStorage {
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Pairs, StorageError> {
         self.check_poison()?;
         let txn = self.db.begin_read().map_err(io)?;
-        let table = txn.open_table(DATA).map_err(io)?;
-        let rows = if end.is_empty() {
-            table.range(start..).map_err(io)?
-        } else {
-            table.range(start..end).map_err(io)?
-        };
         let mut out = Vec::new();
-        for row in rows.take(limit) {
-            let (k, v) = row.map_err(io)?;
-            let value = open_value(k.value(), v.value())?;
-            out.push((k.value().to_vec(), value));
-        }
+        visit_data(&txn, start, end, limit, |k, v| out.push((k.to_vec(), v)))?;
         Ok(out)
     }
 
     /// A consistent copy of a range's data and its applied index (one read transaction), encoded
     /// for `Round::install_snapshot`.
     pub fn snapshot_range(&self, desc: &RangeDescriptor) -> Result<(LogIndex, Vec<u8>), StorageError> {
+        let mut pairs = Vec::new();
+        let applied = self.read_range(desc, |k, v| pairs.push((k.to_vec(), v)))?;
+        Ok((applied, encode(&SnapshotData { descriptor: desc.clone(), pairs })?))
+    }
+
+    /// A fingerprint of a range's data at its applied index (one read transaction): replicas
+    /// that applied the same entries must agree on it. Every value's checksum is verified.
+    pub fn range_digest(&self, desc: &RangeDescriptor) -> Result<RangeDigest, StorageError> {
+        let (mut hash, mut keys) = (0xcbf2_9ce4_8422_2325u64, 0u64);
+        let applied = self.read_range(desc, |k, value| {
+            for part in [k, value.as_slice()] {
+                for &b in (part.len() as u64).to_le_bytes().iter().chain(part) {
+                    hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+            keys += 1;
+        })?;
+        Ok(RangeDigest { range: desc.id, applied, keys, hash })
+    }
+
+    /// A range's applied index and every pair in it, read in one transaction (so the two
+    /// agree), each value's checksum verified.
+    fn read_range(
+        &self,
+        desc: &RangeDescriptor,
+        visit: impl FnMut(&[u8], Vec<u8>),
+    ) -> Result<LogIndex, StorageError> {
         self.check_poison()?;
         let txn = self.db.begin_read().map_err(io)?;
         let groups = txn.open_table(GROUPS).map_err(io)?;
@@ -521,20 +538,32 @@ impl NodeStorage {
             Some(v) => decode::<GroupRecord>("group record", v.value())?.applied,
             None => LogIndex::ZERO,
         };
-        let table = txn.open_table(DATA).map_err(io)?;
-        let rows = if desc.end.is_empty() {
-            table.range(desc.start.as_slice()..).map_err(io)?
-        } else {
-            table.range(desc.start.as_slice()..desc.end.as_slice()).map_err(io)?
-        };
-        let mut pairs = Vec::new();
-        for row in rows {
-            let (k, v) = row.map_err(io)?;
-            let value = open_value(k.value(), v.value())?;
-            pairs.push((k.value().to_vec(), value));
-        }
-        Ok((applied, encode(&SnapshotData { descriptor: desc.clone(), pairs })?))
+        visit_data(&txn, &desc.start, &desc.end, usize::MAX, visit)?;
+        Ok(applied)
     }
+}
+
+/// Up to `limit` pairs of the data table with keys in `[start, end)` (`end` empty =
+/// unbounded), in key order, each value's checksum verified.
+fn visit_data(
+    txn: &redb::ReadTransaction,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    mut visit: impl FnMut(&[u8], Vec<u8>),
+) -> Result<(), StorageError> {
+    let table = txn.open_table(DATA).map_err(io)?;
+    let rows = if end.is_empty() {
+        table.range(start..).map_err(io)?
+    } else {
+        table.range(start..end).map_err(io)?
+    };
+    for row in rows.take(limit) {
+        let (k, v) = row.map_err(io)?;
+        let value = open_value(k.value(), v.value())?;
+        visit(k.value(), value);
+    }
+    Ok(())
 }
 
 impl LogState {
@@ -596,38 +625,6 @@ impl LogState {
                     .is_some_and(|lasts| lasts.keys().all(|&r| clear_upto(r).is_some_and(|u| u >= *s)))
             })
             .collect()
-    }
-}
-
-impl NodeStorage {
-    /// A fingerprint of a range's data at its applied index (one read transaction): replicas
-    /// that applied the same entries must agree on it. Every value's checksum is verified.
-    pub fn range_digest(&self, desc: &RangeDescriptor) -> Result<RangeDigest, StorageError> {
-        self.check_poison()?;
-        let txn = self.db.begin_read().map_err(io)?;
-        let groups = txn.open_table(GROUPS).map_err(io)?;
-        let applied = match groups.get(desc.id.0).map_err(io)? {
-            Some(v) => decode::<GroupRecord>("group record", v.value())?.applied,
-            None => LogIndex::ZERO,
-        };
-        let table = txn.open_table(DATA).map_err(io)?;
-        let rows = if desc.end.is_empty() {
-            table.range(desc.start.as_slice()..).map_err(io)?
-        } else {
-            table.range(desc.start.as_slice()..desc.end.as_slice()).map_err(io)?
-        };
-        let (mut hash, mut keys) = (0xcbf2_9ce4_8422_2325u64, 0u64);
-        for row in rows {
-            let (k, v) = row.map_err(io)?;
-            let value = open_value(k.value(), v.value())?;
-            for part in [k.value(), value.as_slice()] {
-                for &b in (part.len() as u64).to_le_bytes().iter().chain(part) {
-                    hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-                }
-            }
-            keys += 1;
-        }
-        Ok(RangeDigest { range: desc.id, applied, keys, hash })
     }
 }
 
@@ -804,24 +801,20 @@ impl Round<'_> {
     /// already durable in the log. On failure the store is poisoned.
     pub fn commit_with(mut self, durable: bool) -> Result<(), StorageError> {
         let poisoned = self.storage.poisoned.clone();
-        let storage = self.storage;
-        let mut state = storage.log_state();
+        // Write transactions are serialized by redb, so the log index cannot move between
+        // this read of it and the update after the commit; the lock is not held over the fsync.
+        let (seq, dead) = {
+            let state = self.storage.log_state();
+            (state.next_seq, state.dead_records(&self.compactions, &self.reset))
+        };
         // The round's entries: one record at the tail.
-        let seq = state.next_seq;
-        let mut lasts = BTreeMap::new();
-        if !self.appended.is_empty() {
-            for (range, entries) in &self.appended {
-                if let Some(last) = entries.last() {
-                    lasts.insert(*range, last.index.0);
-                }
+        let lasts: BTreeMap<u64, u64> =
+            self.appended.iter().filter_map(|(r, es)| es.last().map(|e| (*r, e.index.0))).collect();
+        if !lasts.is_empty() || !dead.is_empty() {
+            let mut log = self.txn.open_table(LOG).map_err(io)?;
+            if !lasts.is_empty() {
+                log.insert(seq, encode_checked(&self.appended)?.as_slice()).map_err(io)?;
             }
-            let bytes = encode_checked(&self.appended)?;
-            let mut log = self.txn.open_table(LOG).map_err(io)?;
-            log.insert(seq, bytes.as_slice()).map_err(io)?;
-        }
-        let dead = state.dead_records(&self.compactions, &self.reset);
-        if !dead.is_empty() {
-            let mut log = self.txn.open_table(LOG).map_err(io)?;
             for s in &dead {
                 log.remove(*s).map_err(io)?;
             }
@@ -835,24 +828,39 @@ impl Round<'_> {
             poisoned.store(true, Ordering::Release);
             io(e)
         })?;
-        // Committed: the index follows.
-        if !lasts.is_empty() || !dead.is_empty() || !self.compactions.is_empty() || !self.reset.is_empty() {
-            state.loaded_valid = false;
-            state.loaded = HashMap::new();
+        self.storage.log_state().committed(seq, lasts, &dead, &self.compactions, &self.reset);
+        Ok(())
+    }
+}
+
+impl LogState {
+    /// Follows a committed round: record `seq` holds `lasts`, the `dead` records are gone, and
+    /// the compactions and snapshot installs took effect.
+    fn committed(
+        &mut self,
+        seq: u64,
+        lasts: BTreeMap<u64, u64>,
+        dead: &[u64],
+        compactions: &[(u64, u64)],
+        reset: &[u64],
+    ) {
+        if !lasts.is_empty() || !dead.is_empty() || !compactions.is_empty() || !reset.is_empty() {
+            self.loaded_valid = false;
+            self.loaded = HashMap::new();
         }
-        for &(range, upto) in &self.compactions {
-            let c = state.compacted.entry(range).or_insert(0);
+        for &(range, upto) in compactions {
+            let c = self.compacted.entry(range).or_insert(0);
             *c = (*c).max(upto);
         }
-        for &range in &self.reset {
+        for &range in reset {
             // Records from before the install hold nothing this range needs.
-            state.forget_before(range, seq);
-            state.from_seq.insert(range, seq);
+            self.forget_before(range, seq);
+            self.from_seq.insert(range, seq);
         }
-        for s in &dead {
-            if let Some(lasts) = state.live.remove(s) {
-                for range in lasts.keys() {
-                    if let Some(seqs) = state.by_range.get_mut(range) {
+        for s in dead {
+            if let Some(in_record) = self.live.remove(s) {
+                for range in in_record.keys() {
+                    if let Some(seqs) = self.by_range.get_mut(range) {
                         seqs.remove(s);
                     }
                 }
@@ -860,12 +868,11 @@ impl Round<'_> {
         }
         if !lasts.is_empty() {
             for (&range, &last) in &lasts {
-                state.by_range.entry(range).or_default().insert(seq, last);
+                self.by_range.entry(range).or_default().insert(seq, last);
             }
-            state.live.insert(seq, lasts);
-            state.next_seq = seq + 1;
+            self.live.insert(seq, lasts);
+            self.next_seq = seq + 1;
         }
-        Ok(())
     }
 }
 

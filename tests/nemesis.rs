@@ -13,7 +13,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use faults::workload::{register_key, WorkloadConfig};
-use faults::{netns, phase, Run, Setup};
+use faults::{netns, phase, rounds, Run, Setup};
 
 /// Picks a pseudo-random number from the wall clock (scenarios vary run to run; every choice is
 /// printed, and the checks do not depend on it).
@@ -41,8 +41,7 @@ fn no_faults_high_contention() {
 #[test]
 fn kill_random_node_in_a_loop() {
     let mut run = Run::start("kill_random_node_in_a_loop", Setup::default());
-    let end = Instant::now() + phase(Duration::from_secs(9));
-    while Instant::now() < end {
+    for _ in rounds(Duration::from_secs(9)) {
         let victim = pick(3) + 1;
         run.fault(&format!("SIGKILL node {victim}"));
         run.cluster.kill(victim);
@@ -58,8 +57,7 @@ fn kill_random_node_in_a_loop() {
 fn kill_the_leader_of_a_range() {
     let mut run = Run::start("kill_the_leader_of_a_range", Setup::default());
     let key = register_key(0, 6);
-    let end = Instant::now() + phase(Duration::from_secs(8));
-    while Instant::now() < end {
+    for _ in rounds(Duration::from_secs(8)) {
         let leader = run.leader_of(key.as_bytes());
         run.fault(&format!("SIGKILL node {leader}, leader of {key}'s range"));
         run.cluster.kill(leader);
@@ -107,8 +105,7 @@ fn kill_a_majority_then_all_and_restart() {
 fn pause_a_leader_past_its_lease() {
     let mut run = Run::start("pause_a_leader_past_its_lease", Setup::default());
     let key = register_key(1, 6);
-    let end = Instant::now() + phase(Duration::from_secs(8));
-    while Instant::now() < end {
+    for _ in rounds(Duration::from_secs(8)) {
         let leader = run.leader_of(key.as_bytes());
         run.fault(&format!("SIGSTOP node {leader} (leader of {key}'s range) for 3 s"));
         run.cluster.signal(leader, "STOP");
@@ -132,15 +129,13 @@ fn leader_transfers_with_kills() {
 
 fn transfers(name: &str, with_kills: bool) {
     let mut run = Run::start(name, Setup::default());
-    let end = Instant::now() + phase(Duration::from_secs(9));
-    let (mut asked, mut round) = (0, 0);
+    let mut asked = 0;
     run.fault(if with_kills {
         "leader transfers every 300 ms, a kill every 3 s"
     } else {
         "leader transfers every 300 ms"
     });
-    while Instant::now() < end {
-        round += 1;
+    for round in rounds(Duration::from_secs(9)) {
         for node in run.cluster.up_nodes() {
             for range in run.ranges_led_by(node) {
                 let to = (node + pick(2)) % 3 + 1;
@@ -174,10 +169,7 @@ fn clocks_running_fast_and_slow_under_lease_reads() {
     };
     let mut run = Run::start("clocks_running_fast_and_slow_under_lease_reads", setup);
     run.fault("node 1 clock +15%, node 2 clock -15%; leaders moved between them; pauses of leaders");
-    let end = Instant::now() + phase(Duration::from_secs(9));
-    let mut round = 0;
-    while Instant::now() < end {
-        round += 1;
+    for round in rounds(Duration::from_secs(9)) {
         for node in run.cluster.up_nodes() {
             for range in run.ranges_led_by(node) {
                 let to = if node == 1 { 2 } else { 1 };
@@ -224,8 +216,7 @@ fn isolate_a_leader() {
     }
     let mut run = Run::start("isolate_a_leader", Setup::default());
     let key = register_key(2, 6);
-    let end = Instant::now() + phase(Duration::from_secs(8));
-    while Instant::now() < end {
+    for _ in rounds(Duration::from_secs(8)) {
         let leader = run.leader_of(key.as_bytes());
         let others: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
         run.fault(&format!("isolate node {leader} (leader of {key}'s range)"));
@@ -245,8 +236,7 @@ fn majority_minority_split() {
     }
     let setup = Setup { nodes: 5, ..Setup::default() };
     let mut run = Run::start("majority_minority_split", setup);
-    let end = Instant::now() + phase(Duration::from_secs(8));
-    while Instant::now() < end {
+    for _ in rounds(Duration::from_secs(8)) {
         let a = pick(5) + 1;
         let b = a % 5 + 1;
         let majority: Vec<usize> = (1..=5).filter(|&n| n != a && n != b).collect();
@@ -267,9 +257,8 @@ fn one_way_partitions() {
     }
     let mut run = Run::start("one_way_partitions", Setup::default());
     let key = register_key(3, 6);
-    let end = Instant::now() + phase(Duration::from_secs(8));
     let mut inbound = true;
-    while Instant::now() < end {
+    for _ in rounds(Duration::from_secs(8)) {
         let leader = run.leader_of(key.as_bytes());
         for other in (1..=3).filter(|&n| n != leader) {
             if inbound {
@@ -314,10 +303,7 @@ fn lost_unsynced_writes_on_crash() {
     let setup = Setup { env: &[(None, "FLOTILLA_TEST_LOSE_UNSYNCED", "1")], ..Setup::default() };
     let mut run = Run::start("lost_unsynced_writes_on_crash", setup);
     assert!(run.cluster.log(1).contains("FLOTILLA_TEST_LOSE_UNSYNCED=1"), "the write-back mode is not on");
-    let end = Instant::now() + phase(Duration::from_secs(9));
-    let mut k = 0;
-    while Instant::now() < end {
-        k += 1;
+    for k in rounds(Duration::from_secs(9)) {
         let victim = if k % 2 == 0 { run.leader_of(register_key(k % 6, 6).as_bytes()) } else { pick(3) + 1 };
         run.fault(&format!("power-cut node {victim} (unsynced writes lost)"));
         run.cluster.kill(victim);
@@ -425,18 +411,6 @@ fn assert_refusal_names_corruption(run: &Run, id: usize) {
     );
 }
 
-/// CRC-32C, as the node stores after each value (over the key, then the value).
-fn crc32c(parts: &[&[u8]]) -> u32 {
-    let mut crc = !0u32;
-    for &b in parts.iter().flat_map(|p| p.iter()) {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0x82F6_3B78 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
-}
-
 /// Flips one byte inside every copy of `value` in `path` that `pick` selects (given the bytes
 /// that follow the copy); returns how many were flipped.
 fn flip_copies(path: &std::path::Path, value: &[u8], pick: impl Fn(&[u8]) -> bool) -> usize {
@@ -468,7 +442,7 @@ fn a_corrupted_byte_is_detected_and_never_served() {
     let mut corrupt = value.clone();
     corrupt[11] ^= 0x01;
     let path = run.cluster.data_dir(3).join("flotilla.redb");
-    let stored_sum = crc32c(&[&key, &value]).to_le_bytes();
+    let stored_sum = flotilla_engine::storage::crc32c(&[key.as_slice(), &value].concat()).to_le_bytes();
 
     // 1. The stored value only (the copy followed by its checksum): node 3 starts, and must
     //    never serve the damaged value, even while it leads the key's range.
@@ -547,10 +521,7 @@ fn message_delay_reorder_duplication_and_loss() {
     let mut run = Run::start("message_delay_reorder_duplication_and_loss", setup);
     assert!(run.cluster.log(1).contains("FLOTILLA_TEST_CHAOS"), "the chaos stage is not on");
     run.fault("chaos on every link: delay <=30 ms, 20% reordered, 5% duplicated, 5% dropped");
-    let end = Instant::now() + phase(Duration::from_secs(9));
-    let mut k = 0;
-    while Instant::now() < end {
-        k += 1;
+    for k in rounds(Duration::from_secs(9)) {
         run.sleep(Duration::from_secs(3));
         if k % 2 == 0 {
             let leader = run.leader_of(register_key(k % 6, 6).as_bytes());

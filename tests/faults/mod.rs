@@ -34,6 +34,13 @@ pub fn phase(ci: Duration) -> Duration {
     }
 }
 
+/// Rounds 1, 2, … of a scenario's fault loop, for as long as its fault phase lasts (`phase`):
+/// each round starts only while time is left.
+pub fn rounds(ci: Duration) -> impl Iterator<Item = usize> {
+    let end = Instant::now() + phase(ci);
+    (1..).take_while(move |_| Instant::now() < end)
+}
+
 pub struct Setup<'a> {
     pub nodes: usize,
     pub ranges: u32,
@@ -199,7 +206,7 @@ impl Run {
         for key in probes {
             let ok = wait_for_ok(Duration::from_secs(60), || {
                 self.cluster.nodes.iter().any(|n| {
-                    workload::Conn::open(n.resp)
+                    workload::connect(n.resp)
                         .and_then(|mut c| c.call(&[b"SET", &key, b"p"]))
                         .is_ok_and(|r| r == workload::Reply::Simple("OK".into()))
                 })
@@ -274,7 +281,7 @@ impl Run {
             let ok = wait_for_ok(Duration::from_secs(30), || {
                 if conn.is_none() {
                     node = (node + 1) % self.cluster.nodes.len();
-                    conn = workload::Conn::open(self.cluster.nodes[node].resp).ok();
+                    conn = workload::connect(self.cluster.nodes[node].resp).ok();
                 }
                 match conn.as_mut().map(|c| c.call(&[b"GET", element.as_bytes()])) {
                     Some(Ok(workload::Reply::Bulk(v))) => {

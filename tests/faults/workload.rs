@@ -3,11 +3,12 @@
 //! and adding unique elements to a set (one key each). Every operation is recorded with its
 //! call and return times and its outcome: ok, failed (certainly did not happen) or unknown.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+pub use crate::harness::{Conn, Reply};
 
 /// How long a client waits for one reply: longer than the gateway's own retry deadline, so
 /// that most faults end in a definite answer rather than an unknown outcome.
@@ -134,7 +135,7 @@ fn client_loop(
             Action::Add { element: element_key(client, seq) }
         };
         if conn.is_none() {
-            conn = Conn::open(addrs[node]).ok();
+            conn = connect(addrs[node]).ok();
         }
         let call = started.elapsed().as_nanos() as u64;
         let outcome = match conn.as_mut() {
@@ -178,71 +179,7 @@ fn classify(action: &Action, reply: std::io::Result<Reply>) -> Outcome {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-/// One persistent RESP connection.
-pub struct Conn {
-    reader: BufReader<TcpStream>,
-}
-
-impl Conn {
-    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn { reader: BufReader::new(stream) })
-    }
-
-    pub fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            request.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            request.extend_from_slice(a);
-            request.extend_from_slice(b"\r\n");
-        }
-        self.reader.get_mut().write_all(&request)?;
-        read_reply(&mut self.reader)
-    }
-}
-
-fn read_reply(reader: &mut BufReader<TcpStream>) -> std::io::Result<Reply> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
-    }
-    let line = line.trim_end();
-    let (kind, rest) = line.split_at_checked(1).ok_or_else(|| bad("empty reply"))?;
-    Ok(match kind {
-        "+" => Reply::Simple(rest.into()),
-        "-" => Reply::Error(rest.into()),
-        ":" => Reply::Integer(rest.parse().map_err(|_| bad("integer"))?),
-        "$" => {
-            let len: i64 = rest.parse().map_err(|_| bad("bulk length"))?;
-            if len < 0 {
-                Reply::Bulk(None)
-            } else {
-                let mut body = vec![0u8; len as usize + 2];
-                reader.read_exact(&mut body)?;
-                body.truncate(len as usize);
-                Reply::Bulk(Some(body))
-            }
-        }
-        "*" => {
-            let n: i64 = rest.parse().map_err(|_| bad("array length"))?;
-            let mut items = Vec::new();
-            for _ in 0..n.max(0) {
-                items.push(read_reply(reader)?);
-            }
-            Reply::Array(items)
-        }
-        _ => return Err(bad("unknown reply type")),
-    })
+/// A client connection with this workload's reply timeout.
+pub fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+    Conn::open(addr, REPLY_TIMEOUT)
 }

@@ -266,22 +266,41 @@ pub enum Reply {
 
 /// One RESP command on a fresh connection.
 pub fn resp(addr: SocketAddr, args: &[&[u8]]) -> std::io::Result<Reply> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        request.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        request.extend_from_slice(a);
-        request.extend_from_slice(b"\r\n");
+    Conn::open(addr, Duration::from_secs(15))?.call(args)
+}
+
+/// One RESP connection, for many commands.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    /// Connects (within 2 s); each reply is then awaited at most `reply_timeout`.
+    pub fn open(addr: SocketAddr, reply_timeout: Duration) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(reply_timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { reader: BufReader::new(stream) })
     }
-    stream.write_all(&request)?;
-    read_reply(&mut BufReader::new(stream))
+
+    pub fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            request.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            request.extend_from_slice(a);
+            request.extend_from_slice(b"\r\n");
+        }
+        self.reader.get_mut().write_all(&request)?;
+        read_reply(&mut self.reader)
+    }
 }
 
 fn read_reply(reader: &mut BufReader<TcpStream>) -> std::io::Result<Reply> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+    }
     let line = line.trim_end();
     let (kind, rest) = line.split_at_checked(1).ok_or_else(|| bad("empty reply"))?;
     Ok(match kind {

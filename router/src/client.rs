@@ -43,6 +43,7 @@ use flotilla_engine::kv::{Command, CommandResult};
 pub use flotilla_engine::node::{ClusterDescription, MemberInfo, RangeInfo};
 use flotilla_engine::node::{KvRequest, KvResponse};
 use flotilla_engine::raft::NodeId;
+use flotilla_engine::storage::span_overlap;
 use flotilla_engine::store::{KvError, ReadOp, ReadResult};
 use flotilla_engine::transport::{
     ClientConnection, ClientEndpoint, ClientEndpointConfig, TlsMode, TransportError,
@@ -453,17 +454,7 @@ impl Client {
             routing
                 .ranges
                 .iter()
-                .filter(|r| r.end.is_empty() || r.end.as_slice() > start)
-                .filter(|r| end.is_empty() || r.start.as_slice() < end)
-                .map(|r| {
-                    let from = r.start.as_slice().max(start).to_vec();
-                    let to = match (r.end.is_empty(), end.is_empty()) {
-                        (true, _) => end.to_vec(),
-                        (false, true) => r.end.clone(),
-                        (false, false) => r.end.as_slice().min(end).to_vec(),
-                    };
-                    (r.id, from, to)
-                })
+                .filter_map(|r| span_overlap(&r.start, &r.end, start, end).map(|(from, to)| (r.id, from, to)))
                 .collect()
         };
         if spans.is_empty() && limit > 0 && (end.is_empty() || start < end) {

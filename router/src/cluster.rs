@@ -16,6 +16,7 @@ use flotilla_engine::ids::RangeId;
 use flotilla_engine::kv::{Command, CommandResult};
 use flotilla_engine::node::Node;
 use flotilla_engine::raft::NodeId;
+use flotilla_engine::storage::span_overlap;
 use flotilla_engine::store::{KvError, ReadOp, ReadResult};
 use tokio::time::Instant;
 
@@ -208,19 +209,8 @@ impl KvBackend for ClusterBackend {
                 if out.len() >= limit {
                     break;
                 }
-                // Skip ranges entirely before `start` or at/after `end`.
-                if !r.end.is_empty() && r.end.as_slice() <= start.as_slice() {
-                    continue;
-                }
-                if !end.is_empty() && r.start.as_slice() >= end.as_slice() {
-                    continue;
-                }
-                let mut from = if r.start > start { r.start.clone() } else { start.clone() };
-                let to = match (r.end.is_empty(), end.is_empty()) {
-                    (true, _) => end.clone(),
-                    (false, true) => r.end.clone(),
-                    (false, false) => r.end.clone().min(end.clone()),
-                };
+                // Ranges entirely before `start` or at/after `end` have nothing to scan.
+                let Some((mut from, to)) = span_overlap(&r.start, &r.end, &start, &end) else { continue };
                 // Page through the range until it is exhausted or the limit is reached.
                 while out.len() < limit {
                     let want = (limit - out.len()).min(SCAN_BATCH_MAX);

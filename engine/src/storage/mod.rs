@@ -105,6 +105,23 @@ impl RangeDescriptor {
     }
 }
 
+/// The part of the key span `[start, end)` inside the range `[range_start, range_end)`, if any
+/// (an empty end is unbounded, in both): what a scan asks of each range.
+pub fn span_overlap(
+    range_start: &[u8],
+    range_end: &[u8],
+    start: &[u8],
+    end: &[u8],
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let from = range_start.max(start);
+    let to = match (range_end.is_empty(), end.is_empty()) {
+        (true, _) => end,
+        (false, true) => range_end,
+        (false, false) => range_end.min(end),
+    };
+    (to.is_empty() || from < to).then(|| (from.to_vec(), to.to_vec()))
+}
+
 /// What a group needs besides its log to restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRecord {

@@ -461,3 +461,14 @@ fn a_snapshot_install_hides_older_records_whatever_the_host_writes_later() {
         assert_eq!(reload(&s, r), vec![(11, 3)], "{name}");
     });
 }
+
+#[test]
+fn span_overlap_clips_a_scan_to_a_range() {
+    let o = |rs: &[u8], re: &[u8], s: &[u8], e: &[u8]| span_overlap(rs, re, s, e);
+    assert_eq!(o(b"b", b"d", b"a", b""), Some((b"b".to_vec(), b"d".to_vec())));
+    assert_eq!(o(b"b", b"d", b"c", b"z"), Some((b"c".to_vec(), b"d".to_vec())));
+    assert_eq!(o(b"b", b"", b"a", b"c"), Some((b"b".to_vec(), b"c".to_vec())));
+    assert_eq!(o(b"", b"", b"", b""), Some((Vec::new(), Vec::new())));
+    assert_eq!(o(b"b", b"d", b"d", b""), None, "starts at the range's end");
+    assert_eq!(o(b"b", b"d", b"a", b"b"), None, "ends at the range's start");
+}

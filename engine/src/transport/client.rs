@@ -118,16 +118,8 @@ impl ClientEndpoint {
         };
         let crypto = QuicClientConfig::try_from(crypto)
             .map_err(|e| TransportError::Config(format!("TLS client config unusable for QUIC: {e}")))?;
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(cfg.keep_alive_interval))
-            .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(cfg.idle_timeout)
-                    .map_err(|e| TransportError::Config(format!("idle timeout: {e}")))?,
-            ))
-            // The node opens exactly one stream to a client (its Hello) and no requests.
-            .max_concurrent_bidi_streams(VarInt::from_u32(0))
-            .max_concurrent_uni_streams(VarInt::from_u32(1));
+        // The node opens exactly one stream to a client (its Hello) and no requests.
+        let transport = quic::transport_config(cfg.keep_alive_interval, cfg.idle_timeout, 0, 1)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
         Ok(ClientEndpoint {

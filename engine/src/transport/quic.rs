@@ -296,16 +296,12 @@ impl QuicTransport {
     ) -> Result<QuicTransport, TransportError> {
         cfg.validate()?;
         let tls = tls::load(&cfg.tls)?;
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(cfg.keep_alive_interval))
-            .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(cfg.idle_timeout)
-                    .map_err(|e| TransportError::Config(format!("idle timeout: {e}")))?,
-            ))
-            .max_concurrent_bidi_streams(VarInt::from_u32(REQUEST_STREAMS_PER_CONNECTION_MAX))
-            .max_concurrent_uni_streams(VarInt::from_u32(UNI_STREAMS_PER_CONNECTION_MAX));
-        let transport = Arc::new(transport);
+        let transport = Arc::new(transport_config(
+            cfg.keep_alive_interval,
+            cfg.idle_timeout,
+            REQUEST_STREAMS_PER_CONNECTION_MAX,
+            UNI_STREAMS_PER_CONNECTION_MAX,
+        )?);
 
         let server_crypto = QuicServerConfig::try_from(tls.server)
             .map_err(|e| TransportError::Config(format!("TLS server config unusable for QUIC: {e}")))?;
@@ -703,6 +699,25 @@ pub(super) async fn exchange(
         }
     };
     tokio::time::timeout_at(deadline, answer).await.map_err(|_| TransportError::Timeout { peer, timeout })?
+}
+
+/// QUIC settings shared by nodes and clients: keep-alive, idle timeout, and how many streams
+/// of each kind the peer may open.
+pub(crate) fn transport_config(
+    keep_alive: Duration,
+    idle_timeout: Duration,
+    bidi_streams: u32,
+    uni_streams: u32,
+) -> Result<quinn::TransportConfig, TransportError> {
+    let idle = quinn::IdleTimeout::try_from(idle_timeout)
+        .map_err(|e| TransportError::Config(format!("idle timeout: {e}")))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(Some(idle))
+        .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(uni_streams));
+    Ok(transport)
 }
 
 /// Counts a malformed frame; `peer` is `None` before the Hello has named the sender.

@@ -43,12 +43,13 @@ fn kill_random_node_in_a_loop() {
     let mut run = Run::start("kill_random_node_in_a_loop", Setup::default());
     for _ in rounds(Duration::from_secs(9)) {
         let victim = pick(3) + 1;
-        run.fault(&format!("SIGKILL node {victim}"));
-        run.cluster.kill(victim);
-        run.sleep(Duration::from_millis(1_500));
-        run.cluster.restart(victim);
-        run.fault_over();
-        run.sleep(Duration::from_millis(1_000));
+        run.cycle(
+            &format!("SIGKILL node {victim}"),
+            Duration::from_millis(1_500),
+            Duration::from_millis(1_000),
+            |c| c.kill(victim),
+            |c| c.restart(victim),
+        );
     }
     run.finish();
 }
@@ -59,12 +60,13 @@ fn kill_the_leader_of_a_range() {
     let key = register_key(0, 6);
     for _ in rounds(Duration::from_secs(8)) {
         let leader = run.leader_of(key.as_bytes());
-        run.fault(&format!("SIGKILL node {leader}, leader of {key}'s range"));
-        run.cluster.kill(leader);
-        run.sleep(Duration::from_millis(2_500));
-        run.cluster.restart(leader);
-        run.fault_over();
-        run.sleep(Duration::from_millis(1_000));
+        run.cycle(
+            &format!("SIGKILL node {leader}, leader of {key}'s range"),
+            Duration::from_millis(2_500),
+            Duration::from_millis(1_000),
+            |c| c.kill(leader),
+            |c| c.restart(leader),
+        );
     }
     run.finish();
 }
@@ -107,12 +109,13 @@ fn pause_a_leader_past_its_lease() {
     let key = register_key(1, 6);
     for _ in rounds(Duration::from_secs(8)) {
         let leader = run.leader_of(key.as_bytes());
-        run.fault(&format!("SIGSTOP node {leader} (leader of {key}'s range) for 3 s"));
-        run.cluster.signal(leader, "STOP");
-        run.sleep(Duration::from_secs(3));
-        run.cluster.signal(leader, "CONT");
-        run.fault_over();
-        run.sleep(Duration::from_millis(1_500));
+        run.cycle(
+            &format!("SIGSTOP node {leader} (leader of {key}'s range) for 3 s"),
+            Duration::from_secs(3),
+            Duration::from_millis(1_500),
+            |c| c.signal(leader, "STOP"),
+            |c| c.signal(leader, "CONT"),
+        );
     }
     run.finish();
 }
@@ -219,12 +222,13 @@ fn isolate_a_leader() {
     for _ in rounds(Duration::from_secs(8)) {
         let leader = run.leader_of(key.as_bytes());
         let others: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
-        run.fault(&format!("isolate node {leader} (leader of {key}'s range)"));
-        netns::split(&[leader], &others);
-        run.sleep(Duration::from_secs(3));
-        netns::heal();
-        run.fault_over();
-        run.sleep(Duration::from_millis(1_500));
+        run.cycle(
+            &format!("isolate node {leader} (leader of {key}'s range)"),
+            Duration::from_secs(3),
+            Duration::from_millis(1_500),
+            |_| netns::split(&[leader], &others),
+            |_| netns::heal(),
+        );
     }
     run.finish();
 }
@@ -240,12 +244,13 @@ fn majority_minority_split() {
         let a = pick(5) + 1;
         let b = a % 5 + 1;
         let majority: Vec<usize> = (1..=5).filter(|&n| n != a && n != b).collect();
-        run.fault(&format!("split {{{a},{b}}} | {majority:?}"));
-        netns::split(&[a, b], &majority);
-        run.sleep(Duration::from_secs(3));
-        netns::heal();
-        run.fault_over();
-        run.sleep(Duration::from_millis(1_500));
+        run.cycle(
+            &format!("split {{{a},{b}}} | {majority:?}"),
+            Duration::from_secs(3),
+            Duration::from_millis(1_500),
+            |_| netns::split(&[a, b], &majority),
+            |_| netns::heal(),
+        );
     }
     run.finish();
 }
@@ -257,25 +262,28 @@ fn one_way_partitions() {
     }
     let mut run = Run::start("one_way_partitions", Setup::default());
     let key = register_key(3, 6);
-    let mut inbound = true;
-    for _ in rounds(Duration::from_secs(8)) {
+    for round in rounds(Duration::from_secs(8)) {
+        let inbound = round % 2 == 1;
         let leader = run.leader_of(key.as_bytes());
-        for other in (1..=3).filter(|&n| n != leader) {
-            if inbound {
-                netns::cut_one_way(other, leader);
-            } else {
-                netns::cut_one_way(leader, other);
+        let cut = |_: &mut harness::Cluster| {
+            for other in (1..=3).filter(|&n| n != leader) {
+                if inbound {
+                    netns::cut_one_way(other, leader);
+                } else {
+                    netns::cut_one_way(leader, other);
+                }
             }
-        }
-        run.fault(&format!(
-            "node {leader} (leader) {} the others one way",
-            if inbound { "hears nothing from" } else { "cannot reach" }
-        ));
-        run.sleep(Duration::from_secs(3));
-        netns::heal();
-        run.fault_over();
-        inbound = !inbound;
-        run.sleep(Duration::from_millis(1_500));
+        };
+        run.cycle(
+            &format!(
+                "node {leader} (leader) {} the others one way",
+                if inbound { "hears nothing from" } else { "cannot reach" }
+            ),
+            Duration::from_secs(3),
+            Duration::from_millis(1_500),
+            cut,
+            |_| netns::heal(),
+        );
     }
     run.finish();
 }
@@ -305,12 +313,13 @@ fn lost_unsynced_writes_on_crash() {
     assert!(run.cluster.log(1).contains("FLOTILLA_TEST_LOSE_UNSYNCED=1"), "the write-back mode is not on");
     for k in rounds(Duration::from_secs(9)) {
         let victim = if k % 2 == 0 { run.leader_of(register_key(k % 6, 6).as_bytes()) } else { pick(3) + 1 };
-        run.fault(&format!("power-cut node {victim} (unsynced writes lost)"));
-        run.cluster.kill(victim);
-        run.sleep(Duration::from_millis(1_200));
-        run.cluster.restart(victim);
-        run.fault_over();
-        run.sleep(Duration::from_millis(800));
+        run.cycle(
+            &format!("power-cut node {victim} (unsynced writes lost)"),
+            Duration::from_millis(1_200),
+            Duration::from_millis(800),
+            |c| c.kill(victim),
+            |c| c.restart(victim),
+        );
     }
     run.finish();
 }

@@ -121,6 +121,24 @@ impl Run {
         eprintln!("[{}] {:>6.1} s  fault over", self.name, self.started.elapsed().as_secs_f64());
     }
 
+    /// One fault cycle: note `what`, `inject` it, hold it for `hold`, `heal` it, note its end,
+    /// and give the cluster `rest` before the next.
+    pub fn cycle(
+        &mut self,
+        what: &str,
+        hold: Duration,
+        rest: Duration,
+        inject: impl FnOnce(&mut Cluster),
+        heal: impl FnOnce(&mut Cluster),
+    ) {
+        self.fault(what);
+        inject(&mut self.cluster);
+        self.sleep(hold);
+        heal(&mut self.cluster);
+        self.fault_over();
+        self.sleep(rest);
+    }
+
     pub fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
     }

@@ -177,6 +177,9 @@ impl NodeWorld {
         // across reconnects are exercised.
         cfg.snapshot_chunk_bytes = 96;
         cfg.snapshot_chunks_per_round = 3;
+        // Frequent checkpoints, so that crashes land on every side of one.
+        cfg.checkpoint_interval = std::time::Duration::from_millis(120);
+        cfg.checkpoint_bytes_max = 2_000;
         cfg
     }
 

@@ -27,7 +27,7 @@ mod faulty;
 mod simdisk;
 mod writeback;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -226,6 +226,88 @@ pub struct NodeStorage {
     db: Arc<Database>,
     poisoned: Arc<AtomicBool>,
     log: Arc<std::sync::Mutex<LogState>>,
+    overlay: Arc<std::sync::Mutex<Overlay>>,
+}
+
+/// Key-value writes not in the data table yet, in key order: `None` is a deletion.
+type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// What the node has applied but not yet checkpointed into the data table, and what the
+/// groups table holds.
+///
+/// Why: applying each round's entries into the B-tree rewrote a 4 KiB leaf (and its parents)
+/// per written key per round — most of a write's disk bytes and much of its CPU. Applied writes
+/// now collect here and reach the data table in a checkpoint round (`Round::checkpoint`), many
+/// rounds' writes at once; the Raft log is their durable record meanwhile.
+///
+/// Invariant: a group's stored `applied` (in `stored` and the groups table) always describes
+/// the data table — the two move together in one transaction, at a checkpoint or a snapshot
+/// install — so a restarted group re-applies exactly the entries after it. The log is never
+/// compacted past a group's stored `applied` (`Round::truncate_prefix` refuses).
+#[derive(Debug, Default)]
+struct Overlay {
+    data: Writes,
+    /// Bytes of the keys and values in `data`.
+    bytes: usize,
+    /// range → the host's latest record: its `applied` is the in-memory applied index.
+    groups: HashMap<u64, GroupRecord>,
+    /// range → the record as stored in the groups table: its `applied` is the checkpointed one.
+    stored: HashMap<u64, GroupRecord>,
+    /// Ranges whose in-memory applied index is ahead of the stored one.
+    pending: std::collections::BTreeSet<u64>,
+}
+
+impl Overlay {
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let value_len = value.as_ref().map_or(0, Vec::len);
+        match self.data.get_mut(&key) {
+            Some(old) => {
+                self.bytes = self.bytes - old.as_ref().map_or(0, Vec::len) + value_len;
+                *old = value;
+            }
+            None => {
+                self.bytes += key.len() + value_len;
+                self.data.insert(key, value);
+            }
+        }
+    }
+
+    fn drop_span(&mut self, start: &[u8], end: &[u8]) {
+        let bytes = &mut self.bytes;
+        self.data.retain(|k, v| {
+            let keep = !in_span(k, start, end);
+            if !keep {
+                *bytes -= k.len() + v.as_ref().map_or(0, Vec::len);
+            }
+            keep
+        });
+    }
+
+    fn note_group(&mut self, range: u64, host: GroupRecord) {
+        let stored = self.stored.get(&range).map_or(LogIndex::ZERO, |s| s.applied);
+        if host.applied == stored {
+            self.pending.remove(&range);
+        } else {
+            self.pending.insert(range);
+        }
+        self.groups.insert(range, host);
+    }
+}
+
+/// Whether `key` is in `[start, end)` (`end` empty = unbounded).
+fn in_span(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    key >= start && (end.is_empty() || key < end)
+}
+
+/// The entries of `writes` with keys in `[start, end)`.
+fn writes_in<'w>(
+    writes: &'w Writes,
+    start: &[u8],
+    end: &[u8],
+) -> impl Iterator<Item = (&'w Vec<u8>, &'w Option<Vec<u8>>)> + 'w {
+    use std::ops::Bound;
+    let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+    writes.range::<[u8], _>((Bound::Included(start), upper))
 }
 
 /// What a round appended: (range, entries), the entries of one range contiguous. Entries
@@ -308,6 +390,7 @@ impl NodeStorage {
             db: Arc::new(db),
             poisoned: Arc::new(AtomicBool::new(false)),
             log: Arc::new(std::sync::Mutex::new(LogState::default())),
+            overlay: Arc::new(std::sync::Mutex::new(Overlay::default())),
         };
         // Create every table so that read transactions never meet a missing one.
         let txn = storage.db.begin_write().map_err(io)?;
@@ -331,8 +414,30 @@ impl NodeStorage {
             }
         }
         txn.commit().map_err(io)?;
-        storage.load_log()?;
+        let records = storage.load_log()?;
+        {
+            let mut overlay = storage.overlay();
+            overlay.groups = records.clone();
+            overlay.stored = records;
+        }
         Ok(storage)
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applied state not yet checkpointed: bytes of keys and values, and how many groups have
+    /// an applied index ahead of their stored one. The host checkpoints when either is due.
+    pub fn unflushed(&self) -> (usize, usize) {
+        let overlay = self.overlay();
+        (overlay.bytes, overlay.pending.len())
+    }
+
+    /// The applied index the data table reflects for `range` (its last checkpoint or snapshot
+    /// install): the log may be compacted up to here, not further.
+    pub fn durable_applied(&self, range: RangeId) -> LogIndex {
+        self.overlay().stored.get(&range.0).map_or(LogIndex::ZERO, |r| r.applied)
     }
 
     fn log_state(&self) -> std::sync::MutexGuard<'_, LogState> {
@@ -343,7 +448,7 @@ impl NodeStorage {
     /// entries for a range replace that range's entries from their first index on; records
     /// older than a group's last snapshot install (`GroupRecord::log_from_seq`) do not count
     /// for it; entries at or below the group's snapshot are dropped.
-    fn load_log(&self) -> Result<(), StorageError> {
+    fn load_log(&self) -> Result<HashMap<u64, GroupRecord>, StorageError> {
         let txn = self.db.begin_read().map_err(io)?;
         let groups = txn.open_table(GROUPS).map_err(io)?;
         let mut records: HashMap<u64, GroupRecord> = HashMap::new();
@@ -410,7 +515,7 @@ impl NodeStorage {
         state.loaded = entries;
         state.loaded_valid = true;
         *self.log_state() = state;
-        Ok(())
+        Ok(records)
     }
 
     fn check_poison(&self) -> Result<(), StorageError> {
@@ -423,9 +528,9 @@ impl NodeStorage {
 
     /// Records which node and cluster this data directory belongs to, or checks it matches.
     pub fn claim(&self, node: NodeId, cluster: &str) -> Result<(), StorageError> {
-        let round = self.begin_round()?;
+        let mut round = self.begin_round()?;
         {
-            let mut meta = round.txn.open_table(META).map_err(io)?;
+            let mut meta = round.txn()?.open_table(META).map_err(io)?;
             let existing = meta.get("node_id").map_err(io)?.map(|v| v.value().to_vec());
             match existing {
                 None => {
@@ -456,8 +561,18 @@ impl NodeStorage {
     /// Starts the one write transaction of a driver round.
     pub fn begin_round(&self) -> Result<Round<'_>, StorageError> {
         self.check_poison()?;
-        let txn = self.db.begin_write().map_err(io)?;
-        Ok(Round { txn, storage: self, appended: Vec::new(), reset: Vec::new(), compactions: Vec::new() })
+        Ok(Round {
+            txn: None,
+            storage: self,
+            appended: Vec::new(),
+            reset: Vec::new(),
+            compactions: Vec::new(),
+            writes: Writes::new(),
+            replaced: Vec::new(),
+            groups: BTreeMap::new(),
+            installed: HashMap::new(),
+            checkpoint: false,
+        })
     }
 
     /// Every range this node holds a replica of.
@@ -483,7 +598,7 @@ impl NodeStorage {
         let record: GroupRecord = decode("group record", record.value())?;
         let first = record.snapshot.as_ref().map_or(0, |s| s.index.0) + 1;
         if !self.log_state().loaded_valid {
-            self.load_log()?;
+            let _ = self.load_log()?;
         }
         let entries = self.log_state().loaded.get(&range.0).cloned().unwrap_or_default();
         if let Some(e) = entries.first() {
@@ -503,7 +618,15 @@ impl NodeStorage {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.check_poison()?;
-        let txn = self.db.begin_read().map_err(io)?;
+        let txn = {
+            // The overlay is locked while the read transaction begins, so the two agree (a
+            // round updates the overlay under this lock, around its commit).
+            let overlay = self.overlay();
+            if let Some(value) = overlay.data.get(key) {
+                return Ok(value.clone());
+            }
+            self.db.begin_read().map_err(io)?
+        };
         let table = txn.open_table(DATA).map_err(io)?;
         let stored = table.get(key).map_err(io)?;
         stored.map(|v| open_value(key, v.value())).transpose()
@@ -512,9 +635,10 @@ impl NodeStorage {
     /// Up to `limit` pairs with keys in `[start, end)` (`end` empty = unbounded), in key order.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Pairs, StorageError> {
         self.check_poison()?;
+        let overlay = self.overlay();
         let txn = self.db.begin_read().map_err(io)?;
         let mut out = Vec::new();
-        visit_data(&txn, start, end, limit, |k, v| out.push((k.to_vec(), v)))?;
+        visit_data(&txn, &overlay.data, start, end, limit, |k, v| out.push((k.to_vec(), v)))?;
         Ok(out)
     }
 
@@ -549,21 +673,30 @@ impl NodeStorage {
         visit: impl FnMut(&[u8], Vec<u8>),
     ) -> Result<LogIndex, StorageError> {
         self.check_poison()?;
+        let overlay = self.overlay();
         let txn = self.db.begin_read().map_err(io)?;
-        let groups = txn.open_table(GROUPS).map_err(io)?;
-        let applied = match groups.get(desc.id.0).map_err(io)? {
-            Some(v) => decode::<GroupRecord>("group record", v.value())?.applied,
-            None => LogIndex::ZERO,
+        // The in-memory applied index: what the data, with the overlay on top, reflects.
+        let applied = match overlay.groups.get(&desc.id.0) {
+            Some(record) => record.applied,
+            None => {
+                let groups = txn.open_table(GROUPS).map_err(io)?;
+                match groups.get(desc.id.0).map_err(io)? {
+                    Some(v) => decode::<GroupRecord>("group record", v.value())?.applied,
+                    None => LogIndex::ZERO,
+                }
+            }
         };
-        visit_data(&txn, &desc.start, &desc.end, usize::MAX, visit)?;
+        visit_data(&txn, &overlay.data, &desc.start, &desc.end, usize::MAX, visit)?;
         Ok(applied)
     }
 }
 
-/// Up to `limit` pairs of the data table with keys in `[start, end)` (`end` empty =
-/// unbounded), in key order, each value's checksum verified.
+/// Up to `limit` pairs with keys in `[start, end)` (`end` empty = unbounded), in key order:
+/// the data table with the not yet checkpointed `overlay` on top (its writes win, its
+/// deletions hide). Each stored value's checksum is verified.
 fn visit_data(
     txn: &redb::ReadTransaction,
+    overlay: &Writes,
     start: &[u8],
     end: &[u8],
     limit: usize,
@@ -575,10 +708,38 @@ fn visit_data(
     } else {
         table.range(start..end).map_err(io)?
     };
-    for row in rows.take(limit) {
+    let mut newer = writes_in(overlay, start, end).peekable();
+    let mut left = limit;
+    for row in rows {
         let (k, v) = row.map_err(io)?;
-        let value = open_value(k.value(), v.value())?;
-        visit(k.value(), value);
+        let key = k.value();
+        while let Some((nk, nv)) = newer.next_if(|(nk, _)| nk.as_slice() < key) {
+            if let Some(value) = nv {
+                if left == 0 {
+                    return Ok(());
+                }
+                visit(nk, value.clone());
+                left -= 1;
+            }
+        }
+        if left == 0 {
+            return Ok(());
+        }
+        match newer.next_if(|(nk, _)| nk.as_slice() == key) {
+            Some((_, Some(value))) => visit(key, value.clone()),
+            Some((_, None)) => continue,
+            None => visit(key, open_value(key, v.value())?),
+        }
+        left -= 1;
+    }
+    for (nk, nv) in newer {
+        if let Some(value) = nv {
+            if left == 0 {
+                break;
+            }
+            visit(nk, value.clone());
+            left -= 1;
+        }
     }
     Ok(())
 }
@@ -676,8 +837,12 @@ struct SnapshotData {
 }
 
 /// The single write transaction of one driver round. Dropping it without `commit` discards it.
+///
+/// The redb transaction begins only when the round has something for the file: log entries,
+/// a changed hard state or snapshot, a snapshot install, a checkpoint. A round that only
+/// applies committed entries touches memory only (the overlay).
 pub struct Round<'s> {
-    txn: redb::WriteTransaction,
+    txn: Option<redb::WriteTransaction>,
     storage: &'s NodeStorage,
     /// The entries appended in this round, written as one record at commit.
     appended: LogRecord,
@@ -685,6 +850,17 @@ pub struct Round<'s> {
     reset: Vec<u64>,
     /// (range, upto) compactions in this round.
     compactions: Vec<(u64, u64)>,
+    /// The key-value writes of the entries applied in this round.
+    writes: Writes,
+    /// Key spans a snapshot install replaced in this round: older overlay writes in them are
+    /// void.
+    replaced: Vec<(Vec<u8>, Vec<u8>)>,
+    /// range → the host's record as given to `put_group` (in-memory applied index).
+    groups: BTreeMap<u64, GroupRecord>,
+    /// range → the index of a snapshot installed in this round (the data table now reflects it).
+    installed: HashMap<u64, LogIndex>,
+    /// Whether this round writes every applied change into the data table.
+    checkpoint: bool,
 }
 
 impl std::fmt::Debug for Round<'_> {
@@ -694,38 +870,36 @@ impl std::fmt::Debug for Round<'_> {
 }
 
 impl Round<'_> {
+    /// The round's redb transaction, begun on first use.
+    fn txn(&mut self) -> Result<&redb::WriteTransaction, StorageError> {
+        let txn = match self.txn.take() {
+            Some(txn) => txn,
+            None => self.storage.db.begin_write().map_err(io)?,
+        };
+        Ok(self.txn.insert(txn))
+    }
+
     pub fn put_range(&mut self, desc: &RangeDescriptor) -> Result<(), StorageError> {
-        let mut t = self.txn.open_table(RANGES).map_err(io)?;
+        let mut t = self.txn()?.open_table(RANGES).map_err(io)?;
         t.insert(desc.id.0, encode(desc)?.as_slice()).map_err(io)?;
         Ok(())
     }
 
+    /// The host's record of a group, its `applied` the in-memory applied index. What reaches
+    /// the groups table is decided at commit: the stored `applied` moves only with the data
+    /// table (checkpoint, snapshot install), `log_from_seq` is the storage's own, and a record
+    /// that differs from the stored one only in its commit index is not rewritten (the commit
+    /// index need not be durable; Raft learns it again).
     pub fn put_group(&mut self, range: RangeId, record: &GroupRecord) -> Result<(), StorageError> {
-        let from_seq = {
-            let state = self.storage.log_state();
-            if self.reset.contains(&range.0) {
-                state.next_seq
-            } else {
-                state.from_seq.get(&range.0).copied().unwrap_or(0)
-            }
-        };
-        let bytes = if record.log_from_seq == from_seq {
-            encode(record)?
-        } else {
-            encode(&GroupRecord { log_from_seq: from_seq, ..record.clone() })?
-        };
-        let mut t = self.txn.open_table(GROUPS).map_err(io)?;
-        t.insert(range.0, bytes.as_slice()).map_err(io)?;
+        self.groups.insert(range.0, record.clone());
         Ok(())
     }
 
     pub fn group(&self, range: RangeId) -> Result<GroupRecord, StorageError> {
-        let t = self.txn.open_table(GROUPS).map_err(io)?;
-        let bytes = t.get(range.0).map_err(io)?.map(|v| v.value().to_vec());
-        match bytes {
-            Some(v) => decode("group record", &v),
-            None => Ok(GroupRecord::default()),
+        if let Some(record) = self.groups.get(&range.0) {
+            return Ok(record.clone());
         }
+        Ok(self.storage.overlay().groups.get(&range.0).cloned().unwrap_or_default())
     }
 
     /// Appends entries, replacing everything from `entries[0].index` on (a leader's entries
@@ -750,10 +924,29 @@ impl Round<'_> {
     }
 
     /// Drops log entries up to and including `upto`: the records that no group needs any more
-    /// are deleted in this round.
+    /// are deleted in this round. Refused past the applied index the data table reflects (after
+    /// this round): later entries are the only durable record of writes not yet checkpointed.
+    /// In a checkpoint round, call `checkpoint` first.
     pub fn truncate_prefix(&mut self, range: RangeId, upto: LogIndex) -> Result<(), StorageError> {
+        // What the data table will reflect once this round commits.
+        let durable = if self.checkpoint {
+            self.group(range)?.applied
+        } else {
+            self.storage.durable_applied(range).max(self.installed.get(&range.0).copied().unwrap_or_default())
+        };
+        if upto > durable {
+            return Err(StorageError::Io(format!(
+                "cannot compact {range} to i{upto}: only i{durable} is checkpointed"
+            )));
+        }
         self.compactions.push((range.0, upto.0));
         Ok(())
+    }
+
+    /// Writes every applied change into the data table in this round, and each group's
+    /// in-memory applied index as its stored one.
+    pub fn checkpoint(&mut self) {
+        self.checkpoint = true;
     }
 
     /// Replaces a range's log and data with a snapshot received from its leader.
@@ -769,7 +962,7 @@ impl Round<'_> {
         self.reset.push(range.0);
         let desc = data.descriptor;
         {
-            let mut t = self.txn.open_table(DATA).map_err(io)?;
+            let mut t = self.txn()?.open_table(DATA).map_err(io)?;
             if desc.end.is_empty() {
                 t.retain_in(desc.start.as_slice().., |_, _| false).map_err(io)?;
             } else {
@@ -779,31 +972,52 @@ impl Round<'_> {
                 t.insert(k.as_slice(), seal_value(k, v).as_slice()).map_err(io)?;
             }
         }
+        // Unflushed writes in the span are older than the snapshot: void.
+        self.writes.retain(|k, _| !desc.contains(k));
+        self.replaced.push((desc.start.clone(), desc.end.clone()));
         self.put_range(&desc)?;
         let mut record = self.group(range)?;
         record.snapshot = Some(snapshot.meta.clone());
         record.applied = snapshot.meta.index;
         record.hard_state.commit = record.hard_state.commit.max(snapshot.meta.index);
+        self.installed.insert(range.0, snapshot.meta.index);
         self.put_group(range, &record)?;
         Ok(desc)
     }
 
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let t = self.txn.open_table(DATA).map_err(io)?;
-        let stored = t.get(key).map_err(io)?;
-        stored.map(|v| open_value(key, v.value())).transpose()
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(value) = self.writes.get(key) {
+            return Ok(value.clone());
+        }
+        let replaced = self.replaced.iter().any(|(s, e)| in_span(key, s, e));
+        let stored = match &self.txn {
+            Some(txn) => {
+                if !replaced {
+                    if let Some(value) = self.storage.overlay().data.get(key) {
+                        return Ok(value.clone());
+                    }
+                }
+                let t = txn.open_table(DATA).map_err(io)?;
+                let stored = t.get(key).map_err(io)?;
+                stored.map(|v| v.value().to_vec())
+            }
+            // No snapshot install (it begins the transaction): the overlay counts.
+            None => return self.storage.get(key),
+        };
+        stored.map(|v| open_value(key, &v)).transpose()
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        let mut t = self.txn.open_table(DATA).map_err(io)?;
-        t.insert(key, seal_value(key, value).as_slice()).map_err(io)?;
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
     /// Returns whether the key existed.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, StorageError> {
-        let mut t = self.txn.open_table(DATA).map_err(io)?;
-        let existed = t.remove(key).map_err(io)?.is_some();
+        let existed = self.get(key)?.is_some();
+        if existed {
+            self.writes.insert(key.to_vec(), None);
+        }
         Ok(existed)
     }
 
@@ -815,38 +1029,147 @@ impl Round<'_> {
     /// Commits the round; with `durable == false` without an fsync. Such a commit is visible
     /// to readers at once and becomes durable with the next durable commit; a crash before that
     /// rolls it back as a whole. The host uses it for rounds that only apply entries that are
-    /// already durable in the log. On failure the store is poisoned.
+    /// already durable in the log, and for checkpoints. On failure the store is poisoned.
     pub fn commit_with(mut self, durable: bool) -> Result<(), StorageError> {
-        let poisoned = self.storage.poisoned.clone();
+        let storage = self.storage;
+        // Readers lock the overlay while they begin a read transaction: holding it from here
+        // to the overlay's update keeps the two in agreement for them.
+        let mut overlay = storage.overlay();
         // Write transactions are serialized by redb, so the log index cannot move between
         // this read of it and the update after the commit; the lock is not held over the fsync.
-        let (seq, dead) = {
-            let state = self.storage.log_state();
-            (state.next_seq, state.dead_records(&self.compactions, &self.reset))
+        let (seq, dead, from_seq) = {
+            let state = storage.log_state();
+            let dead = state.dead_records(&self.compactions, &self.reset);
+            (state.next_seq, dead, state.from_seq.clone())
         };
+        // The group records to store: see `put_group`.
+        let mut ranges: BTreeSet<u64> = self.groups.keys().copied().collect();
+        if self.checkpoint {
+            ranges.extend(overlay.pending.iter().copied());
+        }
+        let mut store = Vec::new();
+        for range in ranges {
+            let Some(host) = self.groups.get(&range).or_else(|| overlay.groups.get(&range)) else { continue };
+            let stored = overlay.stored.get(&range);
+            let applied = if self.checkpoint {
+                host.applied
+            } else if let Some(&index) = self.installed.get(&range) {
+                index
+            } else {
+                stored.map_or(LogIndex::ZERO, |s| s.applied)
+            };
+            let log_from_seq =
+                if self.reset.contains(&range) { seq } else { from_seq.get(&range).copied().unwrap_or(0) };
+            let record = GroupRecord { applied, log_from_seq, ..host.clone() };
+            let same = stored.is_some_and(|s| {
+                s.hard_state.term == record.hard_state.term
+                    && s.hard_state.vote == record.hard_state.vote
+                    && s.snapshot == record.snapshot
+                    && s.applied == record.applied
+                    && s.log_from_seq == record.log_from_seq
+            });
+            if !same {
+                store.push((range, record));
+            }
+        }
         // The round's entries: one record at the tail.
         let lasts: BTreeMap<u64, u64> =
             self.appended.iter().filter_map(|(r, es)| es.last().map(|e| (*r, e.index.0))).collect();
-        if !lasts.is_empty() || !dead.is_empty() {
-            let mut log = self.txn.open_table(LOG).map_err(io)?;
-            if !lasts.is_empty() {
-                log.insert(seq, encode_checked(&self.appended)?.as_slice()).map_err(io)?;
+        let flush = self.checkpoint && !(overlay.data.is_empty() && self.writes.is_empty());
+        let needed =
+            self.txn.is_some() || !lasts.is_empty() || !dead.is_empty() || !store.is_empty() || flush;
+        if needed {
+            if let Err(e) =
+                self.write_txn(seq, &lasts, &dead, &store, flush.then_some(&overlay.data), durable)
+            {
+                storage.poisoned.store(true, Ordering::Release);
+                return Err(e);
             }
-            for s in &dead {
+        }
+        storage.log_state().committed(seq, lasts, &dead, &self.compactions, &self.reset);
+        for (start, end) in &self.replaced {
+            overlay.drop_span(start, end);
+        }
+        if self.checkpoint {
+            overlay.data.clear();
+            overlay.bytes = 0;
+        } else {
+            for (key, value) in std::mem::take(&mut self.writes) {
+                overlay.write(key, value);
+            }
+        }
+        for (range, record) in store {
+            overlay.stored.insert(range, record);
+        }
+        for (range, host) in std::mem::take(&mut self.groups) {
+            overlay.note_group(range, host);
+        }
+        if self.checkpoint {
+            let pending: Vec<u64> = overlay.pending.iter().copied().collect();
+            for range in pending {
+                if let Some(host) = overlay.groups.get(&range).cloned() {
+                    overlay.note_group(range, host);
+                }
+            }
+            assert!(
+                overlay.pending.is_empty(),
+                "groups still unflushed after a checkpoint: {:?}",
+                overlay.pending
+            );
+        }
+        Ok(())
+    }
+
+    /// Fills and commits the round's redb transaction. `flush` is the overlay to write into the
+    /// data table (a checkpoint): its entries outside the spans a snapshot replaced, then this
+    /// round's writes.
+    fn write_txn(
+        &mut self,
+        seq: u64,
+        lasts: &BTreeMap<u64, u64>,
+        dead: &[u64],
+        store: &[(u64, GroupRecord)],
+        flush: Option<&Writes>,
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        let appended = std::mem::take(&mut self.appended);
+        let writes = if flush.is_some() { std::mem::take(&mut self.writes) } else { Writes::new() };
+        let replaced = self.replaced.clone();
+        let txn = self.txn()?;
+        if !lasts.is_empty() || !dead.is_empty() {
+            let mut log = txn.open_table(LOG).map_err(io)?;
+            if !lasts.is_empty() {
+                log.insert(seq, encode_checked(&appended)?.as_slice()).map_err(io)?;
+            }
+            for s in dead {
                 log.remove(*s).map_err(io)?;
             }
         }
-        let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
-        if let Err(e) = self.txn.set_durability(durability) {
-            poisoned.store(true, Ordering::Release);
-            return Err(StorageError::Io(e.to_string()));
+        if !store.is_empty() {
+            let mut t = txn.open_table(GROUPS).map_err(io)?;
+            for (range, record) in store {
+                t.insert(*range, encode(record)?.as_slice()).map_err(io)?;
+            }
         }
-        self.txn.commit().map_err(|e| {
-            poisoned.store(true, Ordering::Release);
-            io(e)
-        })?;
-        self.storage.log_state().committed(seq, lasts, &dead, &self.compactions, &self.reset);
-        Ok(())
+        if let Some(older) = flush {
+            let mut t = txn.open_table(DATA).map_err(io)?;
+            let older = older.iter().filter(|(k, _)| !replaced.iter().any(|(s, e)| in_span(k, s, e)));
+            for (key, value) in older.chain(writes.iter()) {
+                // A key in both: the round's write comes second and wins.
+                match value {
+                    Some(value) => {
+                        t.insert(key.as_slice(), seal_value(key, value).as_slice()).map_err(io)?;
+                    }
+                    None => {
+                        t.remove(key.as_slice()).map_err(io)?;
+                    }
+                }
+            }
+        }
+        let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+        let Some(mut txn) = self.txn.take() else { return Err(StorageError::Io("no transaction".into())) };
+        txn.set_durability(durability).map_err(|e| StorageError::Io(e.to_string()))?;
+        txn.commit().map_err(io)
     }
 }
 

@@ -78,6 +78,7 @@ fn prefix_truncation_and_snapshot_record() {
                 &GroupRecord { snapshot: Some(meta.clone()), applied: LogIndex(6), ..GroupRecord::default() },
             )
             .unwrap();
+        round.checkpoint();
         round.truncate_prefix(r, LogIndex(6)).unwrap();
         round.commit().unwrap();
         let (initial, record) = s.load_group(r).unwrap().unwrap();
@@ -97,15 +98,15 @@ fn corrupt_entry_is_detected_not_applied() {
         round.commit().unwrap();
         {
             // Flip one byte of the round's log record behind the checksum's back.
-            let round = s.begin_round().unwrap();
+            let mut round = s.begin_round().unwrap();
             {
-                let mut t = round.txn.open_table(LOG).unwrap();
+                let mut t = round.txn().unwrap().open_table(LOG).unwrap();
                 let mut bytes = t.get(0).unwrap().unwrap().value().to_vec();
                 let last = bytes.len() - 1;
                 bytes[last] ^= 0x40;
                 t.insert(0, bytes.as_slice()).unwrap();
             }
-            round.txn.commit().unwrap();
+            round.txn.take().unwrap().commit().unwrap();
         }
         s.log_state().loaded_valid = false;
         match s.load_group(r) {
@@ -180,6 +181,7 @@ fn file_storage_survives_reopen() {
         let s = NodeStorage::open(&path).unwrap();
         let mut round = s.begin_round().unwrap();
         round.put(b"durable", b"yes").unwrap();
+        round.checkpoint();
         round.append(RangeId(1), &[entry(1, 1, b"x")]).unwrap();
         round.put_group(RangeId(1), &GroupRecord::default()).unwrap();
         round.commit().unwrap();
@@ -222,10 +224,12 @@ fn failed_fsync_poisons_the_store() {
             .unwrap();
     let mut round = s.begin_round().unwrap();
     round.put(b"before", b"1").unwrap();
+    round.checkpoint();
     round.commit().unwrap();
     faults.fail_sync.store(true, Ordering::SeqCst);
     let mut round = s.begin_round().unwrap();
     round.put(b"after", b"2").unwrap();
+    round.checkpoint();
     assert!(round.commit().is_err(), "a failed fsync must fail the commit");
     faults.fail_sync.store(false, Ordering::SeqCst);
     // Never retried: the store stays poisoned even though the disk "recovered".
@@ -241,11 +245,13 @@ fn full_disk_is_a_clear_error_and_loses_nothing_committed() {
             .unwrap();
     let mut round = s.begin_round().unwrap();
     round.put(b"kept", b"yes").unwrap();
+    round.checkpoint();
     round.commit().unwrap();
     // The "disk" is full just above what is used now.
     faults.capacity_bytes.store(faults.len_bytes.load(Ordering::SeqCst) + (64 << 10), Ordering::SeqCst);
     let mut round = s.begin_round().unwrap();
     let big = vec![7u8; 8 << 20];
+    round.checkpoint();
     let outcome = round.put(b"big", &big).and_then(|()| round.commit());
     match outcome {
         Err(StorageError::DiskFull(what)) => assert!(!what.is_empty()),
@@ -264,9 +270,10 @@ fn full_disk_is_a_clear_error_and_loses_nothing_committed() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// Data operations against a BTreeMap model, across several rounds.
+    /// Data operations against a BTreeMap model, across several rounds, some of them
+    /// checkpoints: reads merge the unflushed writes over the data table.
     #[test]
-    fn data_matches_a_btreemap_model(ops in prop::collection::vec((0u8..3, 0u8..16, any::<u8>()), 1..200)) {
+    fn data_matches_a_btreemap_model(ops in prop::collection::vec((0u8..4, 0u8..16, any::<u8>()), 1..200)) {
         let s = NodeStorage::in_memory().unwrap();
         let mut model = BTreeMap::new();
         for chunk in ops.chunks(17) {
@@ -275,15 +282,87 @@ proptest! {
                 let key = vec![b'k', k];
                 match op {
                     0 | 1 => { round.put(&key, &[v]).unwrap(); model.insert(key, vec![v]); }
-                    _ => { let existed = round.delete(&key).unwrap(); prop_assert_eq!(existed, model.remove(&key).is_some()); }
+                    2 => { let existed = round.delete(&key).unwrap(); prop_assert_eq!(existed, model.remove(&key).is_some()); }
+                    _ => round.checkpoint(),
                 }
             }
-            round.commit().unwrap();
+            round.commit_with(false).unwrap();
+            for limit in [1usize, 3, usize::MAX] {
+                let got = s.scan(b"", b"", limit).unwrap();
+                let want: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().take(limit).collect();
+                prop_assert_eq!(got, want);
+            }
+            let got = s.scan(b"k\x04", b"k\x0c", usize::MAX).unwrap();
+            let want: Vec<(Vec<u8>, Vec<u8>)> =
+                model.range(b"k\x04".to_vec()..b"k\x0c".to_vec()).map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(got, want);
         }
-        let got = s.scan(b"", b"", usize::MAX).unwrap();
-        let want: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
-        prop_assert_eq!(got, want);
+        for k in 0u8..16 {
+            let key = vec![b'k', k];
+            prop_assert_eq!(s.get(&key).unwrap(), model.get(&key).cloned());
+        }
     }
+}
+
+/// The data table and a group's stored applied index move together — only a checkpoint (or a
+/// snapshot install) moves them — so a restarted group re-applies exactly the entries after
+/// it: a crash loses both or neither, never one (re-applying an INCR over its own effect would
+/// apply it twice).
+#[test]
+fn applied_writes_reach_the_disk_only_together_with_their_applied_index() {
+    let r = RangeId(1);
+    let host = |applied| GroupRecord { applied: LogIndex(applied), ..GroupRecord::default() };
+    let stored_applied = |s: &NodeStorage| s.load_group(r).unwrap().unwrap().1.applied;
+    let disk = SimDisk::new();
+    let after_crash = {
+        let s = NodeStorage::with_backend(disk.clone()).unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
+        round.put_group(r, &host(0)).unwrap();
+        round.commit().unwrap();
+        // Entry 1 applied in memory: visible at once, not on disk.
+        let mut round = s.begin_round().unwrap();
+        round.put(b"k", b"1").unwrap();
+        round.put_group(r, &host(1)).unwrap();
+        round.commit_with(false).unwrap();
+        assert_eq!(s.get(b"k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.unflushed(), (2, 1), "one key and value byte, one group behind");
+        assert_eq!(s.durable_applied(r), LogIndex(0));
+        assert!(
+            s.begin_round().unwrap().truncate_prefix(r, LogIndex(1)).is_err(),
+            "entry 1 is its only record"
+        );
+        // A durable round of other work does not carry them.
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(3, 1, b"c")]).unwrap();
+        round.commit().unwrap();
+        disk.crash()
+    };
+    let disk = after_crash;
+    let after_crash = {
+        let s = NodeStorage::with_backend(disk.clone()).unwrap();
+        assert_eq!(s.get(b"k").unwrap(), None, "not checkpointed: lost...");
+        assert_eq!(stored_applied(&s), LogIndex(0), "...together with its applied index");
+        assert_eq!(s.load_group(r).unwrap().unwrap().0.entries.len(), 3, "the log has it all");
+        // Re-applied, then checkpointed (without an fsync), then any durable round.
+        let mut round = s.begin_round().unwrap();
+        round.put(b"k", b"1").unwrap();
+        round.put_group(r, &host(1)).unwrap();
+        round.commit_with(false).unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.checkpoint();
+        round.commit_with(false).unwrap();
+        assert_eq!(s.unflushed(), (0, 0));
+        assert_eq!(s.durable_applied(r), LogIndex(1));
+        let mut round = s.begin_round().unwrap();
+        round.truncate_prefix(r, LogIndex(1)).unwrap();
+        round.append(r, &[entry(4, 1, b"d")]).unwrap();
+        round.commit().unwrap();
+        disk.crash()
+    };
+    let s = NodeStorage::with_backend(after_crash).unwrap();
+    assert_eq!(s.get(b"k").unwrap(), Some(b"1".to_vec()), "checkpointed, then synced");
+    assert_eq!(stored_applied(&s), LogIndex(1));
 }
 
 #[test]
@@ -293,9 +372,11 @@ fn sim_disk_crash_keeps_synced_rounds_and_loses_unsynced_ones() {
         let s = NodeStorage::with_backend(disk.clone()).unwrap();
         let mut round = s.begin_round().unwrap();
         round.put(b"durable", b"1").unwrap();
+        round.checkpoint();
         round.commit_with(true).unwrap();
         let mut round = s.begin_round().unwrap();
         round.put(b"volatile", b"2").unwrap();
+        round.checkpoint();
         round.commit_with(false).unwrap();
         assert_eq!(s.get(b"volatile").unwrap(), Some(b"2".to_vec()), "visible before the crash");
         // Crash while the database is open: its shutdown on drop must not reach the disk.
@@ -317,6 +398,7 @@ fn a_corrupted_value_is_detected_and_never_served() {
         let mut round = s.begin_round().expect("round");
         round.put(b"victim", &value).expect("put");
         round.put(b"bystander", b"fine").expect("put");
+        round.checkpoint();
         round.commit().expect("commit");
         assert_eq!(s.get(b"victim").expect("get"), Some(value.clone()));
     }
@@ -338,7 +420,7 @@ fn a_corrupted_value_is_detected_and_never_served() {
     assert!(matches!(s.scan(b"", b"", 10), Err(StorageError::Corrupt(_))));
     assert!(matches!(s.snapshot_range(&desc), Err(StorageError::Corrupt(_))), "no corrupt snapshot");
     assert!(matches!(s.range_digest(&desc), Err(StorageError::Corrupt(_))));
-    let round = s.begin_round().expect("round");
+    let mut round = s.begin_round().expect("round");
     assert!(matches!(round.get(b"victim"), Err(StorageError::Corrupt(_))), "no read-modify-write on it");
 }
 
@@ -400,6 +482,7 @@ fn a_replaced_suffix_stays_replaced_after_compaction_and_record_deletion() {
                 &GroupRecord { snapshot: Some(meta(3, 2)), applied: LogIndex(3), ..GroupRecord::default() },
             )
             .unwrap();
+        round.checkpoint();
         round.truncate_prefix(r, LogIndex(3)).unwrap();
         round.commit_with(false).unwrap();
         assert_eq!(reload(&s, r), Vec::<(u64, u64)>::new(), "{name}: replaced entries 4 and 5 came back");

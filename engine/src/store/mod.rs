@@ -7,14 +7,17 @@
 //!    serves anything;
 //! 3. step messages, proposals and reads into their groups;
 //! 4. collect `Ready` from the groups touched this round and write all of it — entries, hard
-//!    states, snapshots, the effects of committed entries and the applied indexes — in **one**
-//!    redb transaction. It is durable (one fsync) if any group has new entries, a snapshot, or a
-//!    new term or vote; a round that only applies committed entries needs no fsync, because the
-//!    entries are already durable on a quorum and apply is idempotent (data and applied index
-//!    move together);
+//!    states, snapshots — in **one** redb transaction, durable (one fsync) if any group has new
+//!    entries, a snapshot, or a new term or vote. Committed entries are applied into memory
+//!    (the storage's overlay, which reads see): a round that only applies needs no disk at all,
+//!    because the entries are already durable on a quorum;
 //! 5. only then send the round's messages, coalesced: one `RaftBatch` per peer, heartbeats as
 //!    compact tuples;
-//! 6. answer proposals whose entries applied, serve reads whose index is applied, `advance()`.
+//! 6. answer proposals whose entries applied, serve reads whose index is applied, `advance()`;
+//! 7. every `checkpoint_interval` (or `checkpoint_bytes_max`), a checkpoint writes the applied
+//!    writes into the data table together with the groups' applied indexes — the two always
+//!    move together, so a restarted group re-applies exactly the entries after its checkpoint
+//!    — and then the logs may be compacted up to it.
 //!
 //! Quiescence: a leader whose group has been idle and fully replicated for
 //! `quiesce_idle_ticks` tells its followers (a `(range, term)` in the batch) and every replica
@@ -100,6 +103,12 @@ pub struct StoreConfig {
     /// Send a leader's new entries to its followers before its own fsync, so that the two
     /// fsyncs overlap (Raft thesis §10.2.1).
     pub early_leader_appends: bool,
+    /// Applied writes collect in memory and reach the data table in a checkpoint at least
+    /// this often (the Raft log is their durable record meanwhile; a restart re-applies the
+    /// entries after the last checkpoint)...
+    pub checkpoint_interval: Duration,
+    /// ...or as soon as this many bytes of keys and values are waiting.
+    pub checkpoint_bytes_max: usize,
 }
 
 impl StoreConfig {
@@ -119,6 +128,8 @@ impl StoreConfig {
             clock_rate: 1.0,
             lose_unsynced_writes: false,
             early_leader_appends: true,
+            checkpoint_interval: Duration::from_millis(500),
+            checkpoint_bytes_max: 64 << 20,
         }
     }
 
@@ -526,6 +537,8 @@ pub fn build(
         status_dirty: BTreeSet::new(),
         status_cache: BTreeMap::new(),
         status_dead: Vec::new(),
+        last_checkpoint: now,
+        compact_candidates: BTreeSet::new(),
         cfg,
     };
     Ok((handle, driver))
@@ -569,6 +582,10 @@ pub struct Driver {
     status_dirty: BTreeSet<RangeId>,
     status_cache: BTreeMap<RangeId, RangeStatus>,
     status_dead: Vec<u64>,
+    last_checkpoint: Duration,
+    /// Groups that applied entries since the last checkpoint: their logs may be compacted
+    /// after the next one.
+    compact_candidates: BTreeSet<RangeId>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -607,7 +624,7 @@ impl Driver {
         for input in inputs {
             self.handle(input);
         }
-        if let Err(e) = self.round() {
+        if let Err(e) = self.round().and_then(|()| self.maybe_checkpoint()) {
             let text = format!("storage failure, node stopping: {e}");
             tracing::error!(node = self.cfg.node_id.0, "{text}");
             if let Ok(mut s) = self.status.lock() {
@@ -1097,7 +1114,36 @@ impl Driver {
             }
         }
         self.serve_reads();
-        self.maybe_compact(ready_groups);
+        self.compact_candidates.extend(ready_groups.iter().copied());
+        Ok(())
+    }
+
+    /// Writes the applied state collected in memory into the data table when it is due (see
+    /// `StoreConfig::checkpoint_interval`), then compacts the logs that may now be compacted.
+    /// The checkpoint commits without an fsync: if it is lost in a crash, the groups re-apply
+    /// from the previous one, whose log entries are still there (compaction never passes a
+    /// checkpoint, and it is lost with it).
+    fn maybe_checkpoint(&mut self) -> Result<(), StorageError> {
+        let now = self.clock.now();
+        let (bytes, groups) = self.storage.unflushed();
+        let due = now.saturating_sub(self.last_checkpoint) >= self.cfg.checkpoint_interval
+            || bytes >= self.cfg.checkpoint_bytes_max;
+        if groups == 0 || !due {
+            if groups == 0 {
+                self.last_checkpoint = now;
+            }
+            return Ok(());
+        }
+        let mut round = self.storage.begin_round()?;
+        round.checkpoint();
+        round.commit_with(false)?;
+        self.last_checkpoint = now;
+        metrics::counter!("flotilla_storage_checkpoints_total").increment(1);
+        metrics::histogram!("flotilla_storage_checkpoint_bytes").record(bytes as f64);
+        metrics::histogram!("flotilla_storage_checkpoint_seconds")
+            .record(self.clock.now().saturating_sub(now).as_secs_f64());
+        let candidates: Vec<RangeId> = std::mem::take(&mut self.compact_candidates).into_iter().collect();
+        self.maybe_compact(&candidates);
         Ok(())
     }
 
@@ -1132,8 +1178,8 @@ impl Driver {
         }
     }
 
-    /// Compacts the logs of the groups this round touched, once `2 × log_retain_entries` have
-    /// been applied since their last snapshot.
+    /// Compacts the logs of the given groups, once `2 × log_retain_entries` have been applied
+    /// since their last snapshot and all of it is checkpointed.
     fn maybe_compact(&mut self, touched: &[RangeId]) {
         let retain = self.cfg.log_retain_entries;
         let mut compacted = Vec::new();
@@ -1141,6 +1187,11 @@ impl Driver {
             let Some(g) = self.groups.get_mut(&range) else { continue };
             let applied = g.record.applied;
             if applied.0 < g.raft.snapshot_index().0 + 2 * retain || applied.0 <= retain {
+                continue;
+            }
+            // Only entries whose effects are checkpointed may go.
+            if self.storage.durable_applied(range) != applied {
+                self.compact_candidates.insert(range);
                 continue;
             }
             // One read transaction gives the data and the applied index it reflects.

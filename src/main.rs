@@ -11,6 +11,12 @@ mod demo;
 mod start;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of glibc's malloc: allocation was a sixth of a node's CPU under writes
+/// (glibc's arenas contend between the driver and the transport threads); see
+/// docs/BENCHMARKS.md for the before and after.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use flotilla_engine::raft::PlantedBug;
 use flotilla_engine::sim::{run_node_seed, run_seed, NodeSimOptions, SeedReport, SimOptions, Stats};
 

@@ -135,9 +135,12 @@ pub struct GroupRecord {
     pub log_from_seq: u64,
 }
 
-/// The CRC-32C lookup table, built at compile time.
-const CRC32C_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
+/// CRC-32C lookup tables for slicing-by-8, built at compile time: `CRC32C_TABLES[0]` is the
+/// classic byte-at-a-time table; table `t` advances a byte through `t` more zero bytes, so the
+/// loop folds in eight bytes per step with eight independent lookups (about 5x the
+/// byte-at-a-time speed; the log record of every round is checksummed on the driver thread).
+const CRC32C_TABLES: [[u32; 256]; 8] = {
+    let mut tables = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut crc = i as u32;
@@ -147,20 +150,43 @@ const CRC32C_TABLE: [u32; 256] = {
             crc = (crc >> 1) ^ (0x82F6_3B78 & mask);
             bit += 1;
         }
-        table[i] = crc;
+        tables[0][i] = crc;
         i += 1;
     }
-    table
+    let mut t = 1;
+    while t < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = tables[t - 1][i];
+            tables[t][i] = (prev >> 8) ^ tables[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        t += 1;
+    }
+    tables
 };
 
-/// CRC-32C (Castagnoli), one table lookup per byte; keeps dependencies at zero.
+/// CRC-32C (Castagnoli), slicing-by-8; keeps dependencies at zero.
 pub fn crc32c(bytes: &[u8]) -> u32 {
     !crc32c_update(!0u32, bytes)
 }
 
 fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
-    for &b in bytes {
-        crc = (crc >> 8) ^ CRC32C_TABLE[((crc ^ u32::from(b)) & 0xff) as usize];
+    let t = &CRC32C_TABLES;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        crc = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][c[4] as usize]
+            ^ t[2][c[5] as usize]
+            ^ t[1][c[6] as usize]
+            ^ t[0][c[7] as usize];
+    }
+    for &b in chunks.remainder() {
+        crc = (crc >> 8) ^ t[0][((crc ^ u32::from(b)) & 0xff) as usize];
     }
     crc
 }
@@ -193,12 +219,15 @@ fn open_value(key: &[u8], stored: &[u8]) -> Result<Vec<u8>, StorageError> {
     Ok(value.to_vec())
 }
 
-/// A CRC-32C, then the postcard encoding of `value`.
-fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    let body = postcard::to_stdvec(value).map_err(|e| StorageError::Io(format!("encode: {e}")))?;
-    let mut out = Vec::with_capacity(body.len() + 4);
-    out.extend_from_slice(&crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+/// A CRC-32C, then the postcard encoding of `value`, encoded in place into a buffer of about
+/// `size_hint` bytes (a round's log record is tens of KiB: growing a vector from empty copied
+/// it a dozen times).
+fn encode_checked<T: Serialize>(value: &T, size_hint: usize) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::with_capacity(size_hint + 4);
+    out.extend_from_slice(&[0; 4]);
+    let mut out = postcard::to_extend(value, out).map_err(|e| StorageError::Io(format!("encode: {e}")))?;
+    let sum = crc32c(&out[4..]);
+    out[..4].copy_from_slice(&sum.to_le_bytes());
     Ok(out)
 }
 
@@ -1139,7 +1168,15 @@ impl Round<'_> {
         if !lasts.is_empty() || !dead.is_empty() {
             let mut log = txn.open_table(LOG).map_err(io)?;
             if !lasts.is_empty() {
-                log.insert(seq, encode_checked(&appended)?.as_slice()).map_err(io)?;
+                let size_hint: usize = appended
+                    .iter()
+                    .flat_map(|(_, entries)| entries)
+                    .map(|e| match &e.payload {
+                        crate::raft::EntryPayload::Normal(data) => data.len() + 24,
+                        _ => 64,
+                    })
+                    .sum();
+                log.insert(seq, encode_checked(&appended, size_hint + 16)?.as_slice()).map_err(io)?;
             }
             for s in dead {
                 log.remove(*s).map_err(io)?;

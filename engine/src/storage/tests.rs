@@ -555,3 +555,27 @@ fn span_overlap_clips_a_scan_to_a_range() {
     assert_eq!(o(b"b", b"d", b"d", b""), None, "starts at the range's end");
     assert_eq!(o(b"b", b"d", b"a", b"b"), None, "ends at the range's start");
 }
+
+#[test]
+fn crc32c_matches_the_standard_check_value_and_the_bytewise_definition() {
+    assert_eq!(crc32c(b"123456789"), 0xE306_9283, "the CRC-32C check value");
+    assert_eq!(crc32c(b""), 0);
+    // The bit-at-a-time definition, against the slicing-by-8 loop at every alignment.
+    let bitwise = |bytes: &[u8]| {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0x82F6_3B78 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    };
+    let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for start in 0..9 {
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200] {
+            let slice = &data[start..start + len];
+            assert_eq!(crc32c(slice), bitwise(slice), "start {start} len {len}");
+        }
+    }
+}

@@ -54,10 +54,17 @@ pub struct StartArgs {
     /// Split a new cluster's keyspace into this many ranges.
     #[arg(long)]
     pub initial_ranges: Option<u32>,
+    /// Threads for network I/O (QUIC, RESP, HTTP); the Raft driver has its own thread.
+    /// Default 2; 1 is better when several nodes share a small machine.
+    #[arg(long)]
+    pub io_threads: Option<usize>,
     /// Read settings from a TOML file; flags given on the command line win.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
+
+/// Network I/O threads at most.
+const IO_THREADS_MAX: usize = 64;
 
 /// The TOML form of the same settings; unknown keys are rejected.
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +80,7 @@ struct FileConfig {
     insecure: Option<bool>,
     certs_dir: Option<PathBuf>,
     initial_ranges: Option<u32>,
+    io_threads: Option<usize>,
     tick_ms: Option<u64>,
     /// `false` keeps idle groups ticking and heartbeating (for measurements).
     quiesce: Option<bool>,
@@ -85,6 +93,7 @@ pub struct Settings {
     pub resp: SocketAddr,
     pub http: SocketAddr,
     pub labels: BTreeMap<String, String>,
+    pub io_threads: usize,
 }
 
 fn parse_addr(what: &str, text: &str) -> anyhow::Result<SocketAddr> {
@@ -192,6 +201,10 @@ impl StartArgs {
         if initial_ranges == 0 || initial_ranges > INITIAL_RANGES_MAX {
             bail!("--initial-ranges must be between 1 and {INITIAL_RANGES_MAX}");
         }
+        let io_threads = self.io_threads.or(file.io_threads).unwrap_or(2);
+        if !(1..=IO_THREADS_MAX).contains(&io_threads) {
+            bail!("--io-threads must be between 1 and {IO_THREADS_MAX}");
+        }
         let mut store = StoreConfig::new(NodeId(id));
         if let Some(ms) = file.tick_ms {
             if !(1..=1_000).contains(&ms) {
@@ -237,7 +250,7 @@ impl StartArgs {
             initial_ranges,
             store,
         };
-        Ok(Settings { node, resp, http, labels })
+        Ok(Settings { node, resp, http, labels, io_threads })
     }
 }
 
@@ -319,7 +332,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(settings.io_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

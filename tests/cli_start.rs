@@ -37,11 +37,12 @@ fn start_requires_a_tls_choice() {
 fn start_rejects_bad_values_with_their_names() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--id", "0"], "--id must be a positive integer"),
         (&["--listen", "nonsense"], "--listen"),
         (&["--join", "127.0.0.1:17401,127.0.0.1:17401"], "--join: an address appears twice"),
         (&["--initial-ranges", "0"], "--initial-ranges"),
+        (&["--io-threads", "0"], "--io-threads"),
         (&["--labels", "zone"], "--labels"),
     ];
     for (change, expected) in cases {

@@ -108,7 +108,8 @@ async fn many_requests_multiplex_on_one_client_connection() {
     let node = start_node(2, TlsMode::Insecure, |_| {}).await;
     let connection =
         client(TlsMode::Insecure, CLUSTER).connect(node.transport.local_addr(), None).await.expect("connect");
-    // More callers than the per-connection stream credit: the excess waits for credit.
+    // Pipelined on one stream, answers out of order (the naps), more callers than the node's
+    // handler permits: each caller still gets its own answer.
     let callers: Vec<_> = (0..400)
         .map(|i| {
             let connection = connection.clone();
@@ -125,6 +126,36 @@ async fn many_requests_multiplex_on_one_client_connection() {
         caller.await.expect("caller");
     }
     node.transport.shutdown().await;
+}
+
+/// A request in flight when its node goes may have run: `Lost` (or `Timeout`), never
+/// `Unreachable`; after that the connection reports itself closed and new requests fail at
+/// once as never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_request_cut_off_by_a_node_going_away_is_an_unknown_outcome() {
+    let node = start_node(2, TlsMode::Insecure, |_| {}).await;
+    let connection =
+        client(TlsMode::Insecure, CLUSTER).connect(node.transport.local_addr(), None).await.expect("connect");
+    assert!(connection.request(b"warm".to_vec(), REQUEST_TIMEOUT).await.is_ok());
+    let in_flight = {
+        let connection = connection.clone();
+        tokio::spawn(async move { connection.request(b"slow".to_vec(), REQUEST_TIMEOUT).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.transport.shutdown().await;
+    match in_flight.await.expect("caller") {
+        Err(TransportError::Lost { .. } | TransportError::Timeout { .. }) => {}
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while !connection.is_closed() {
+        assert!(Instant::now() < deadline, "the connection never noticed the node went away");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match connection.request(b"after".to_vec(), REQUEST_TIMEOUT).await {
+        Err(TransportError::Unreachable { .. }) => {}
+        other => panic!("expected Unreachable after the close, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

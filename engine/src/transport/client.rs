@@ -12,15 +12,16 @@
 //!    (its node id and cluster id), or closes the connection: application code
 //!    [`CLOSE_WRONG_CLUSTER`] (the reason names the node's cluster) or [`CLOSE_REFUSED`] (too
 //!    many clients).
-//! 3. Each request is one bidirectional stream: a `Request` frame out, a `Response` frame back,
-//!    exactly as between nodes. The payload is the node's request type (`node::KvRequest`).
-//!    Many requests run at once on one connection.
+//! 3. Requests go on one bidirectional stream per connection, pipelined: `Request` frames out,
+//!    `Response` frames back in the order the answers are ready, paired by id (see
+//!    [`super::pipeline`]). The payload is the node's request type (`node::KvRequest`). Many
+//!    requests run at once on one connection. (A stream carrying a single request, then
+//!    finished, is served the same way.)
 //!
 //! Invariants: every wait is bounded (handshake timeout, per-request deadline); an error says
 //! whether the request can have run (see [`ClientConnection::request`]).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +29,8 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::VarInt;
 use tokio::time::Instant;
 
-use super::frame::{self, Frame, Hello, Request};
+use super::frame::{self, Frame, Hello};
+use super::pipeline::Pipeline;
 use super::quic::{self, CLOSE_REFUSED, CLOSE_WRONG_CLUSTER, CLUSTER_ID_BYTES_MAX, HELLO_BYTES_MAX};
 use super::tls::{self, TlsMode};
 use super::{TransportError, CLIENT_NODE_ID};
@@ -229,11 +231,15 @@ impl ClientEndpoint {
                 return refuse(format!("expected node {expected} at {addr}, found node {}", theirs.node_id));
             }
         }
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| TransportError::Unreachable { peer, reason: format!("{addr}: {e}") })?;
         Ok(ClientConnection {
             node_id: theirs.node_id,
             addr,
+            pipeline: Arc::new(Pipeline::start(theirs.node_id, send, recv)),
             connection,
-            next_request_id: Arc::new(AtomicU64::new(1)),
             _endpoint: Arc::clone(&self.inner),
         })
     }
@@ -275,14 +281,14 @@ fn connection_error(addr: SocketAddr, peer: NodeId, e: &quinn::ConnectionError) 
     }
 }
 
-/// One client connection to one node; clones share it. Requests on it run concurrently, each
-/// on its own stream.
+/// One client connection to one node; clones share it. Requests on it run concurrently,
+/// pipelined on one stream.
 #[derive(Clone, Debug)]
 pub struct ClientConnection {
     node_id: NodeId,
     addr: SocketAddr,
     connection: quinn::Connection,
-    next_request_id: Arc<AtomicU64>,
+    pipeline: Arc<Pipeline>,
     /// Keeps the endpoint (its socket) alive as long as a connection through it exists.
     _endpoint: Arc<EndpointInner>,
 }
@@ -297,9 +303,10 @@ impl ClientConnection {
         self.addr
     }
 
-    /// Whether the connection has closed (it is never reopened; dial again).
+    /// Whether the connection (or its request stream) has closed: it is never reopened; dial
+    /// again.
     pub fn is_closed(&self) -> bool {
-        self.connection.close_reason().is_some()
+        self.connection.close_reason().is_some() || self.pipeline.is_dead()
     }
 
     /// Sends one request and waits at most `timeout` for its answer. `Unreachable` means it was
@@ -313,8 +320,7 @@ impl ClientConnection {
             });
         }
         let deadline = Instant::now() + timeout;
-        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        quic::exchange(self.node_id, &self.connection, Request { id, payload }, deadline, timeout).await
+        self.pipeline.request(payload, deadline, timeout).await
     }
 
     pub fn close(&self) {

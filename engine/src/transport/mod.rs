@@ -39,6 +39,7 @@ pub mod chaos;
 pub mod client;
 pub mod frame;
 pub mod mem;
+pub mod pipeline;
 pub mod quic;
 pub mod tls;
 pub mod wire;

@@ -16,7 +16,9 @@
 //! life of the connection. The acceptor learns the dialer's id from its Hello; the dialer checks
 //! that the acceptor is the node it meant to reach. Both check the cluster id.
 //!
-//! Requests use one bidirectional stream each: a `Request` frame out, a `Response` frame back.
+//! Requests go on bidirectional streams: `Request` frames out, `Response` frames back, paired
+//! by id. A stream may carry one request or, pipelined, many (see [`super::pipeline`]); the
+//! node serves both the same way (`serve_request`).
 //!
 //! # Clients
 //!
@@ -67,11 +69,12 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::VarInt;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::chaos::{self, ChaosConfig};
 use super::frame::{self, Frame, FrameError, Hello, Request, Response};
+use super::pipeline::Pipeline;
 use super::tls::{self, TlsMode};
 use super::{RaftBatch, RequestHandler, Transport, TransportError, CLIENT_NODE_ID};
 use crate::raft::NodeId;
@@ -93,8 +96,10 @@ pub const OUTBOUND_QUEUE_BATCHES_MAX: usize = 1_024;
 pub const REQUESTS_INBOUND_MAX: usize = 256;
 /// Request streams a peer may have open on one connection at once (QUIC stream credit).
 pub const REQUEST_STREAMS_PER_CONNECTION_MAX: u32 = 128;
-/// An inbound request's frame must arrive within this once its stream is open.
+/// An inbound request stream's first frame must arrive within this once the stream is open.
 pub const REQUEST_READ_TIMEOUT_MS: u64 = 30_000;
+/// Answers (or pipelined requests) written to a stream in one go at most.
+pub const PIPELINE_WRITE_BYTES_MAX: usize = 256 << 10;
 /// Incoming connections between the first packet and the end of the Hello exchange.
 pub const HANDSHAKES_CONCURRENT_MAX: usize = 64;
 /// `shutdown` waits at most this long for tasks, and again for the endpoint, to finish.
@@ -282,6 +287,8 @@ struct Link {
     /// Only the peer's writer task writes; the mutex hands the stream from one link holder to
     /// the next without unsafe sharing, and is never contended in practice.
     batches: Arc<tokio::sync::Mutex<quinn::SendStream>>,
+    /// Requests to the peer, pipelined on one stream opened on first use.
+    requests: Arc<tokio::sync::OnceCell<Pipeline>>,
 }
 
 impl QuicTransport {
@@ -515,7 +522,11 @@ impl Inner {
             connection.close(CLOSE_SHUTDOWN, b"shutdown");
             return;
         }
-        let link = Link { connection: connection.clone(), batches: Arc::new(tokio::sync::Mutex::new(send)) };
+        let link = Link {
+            connection: connection.clone(),
+            batches: Arc::new(tokio::sync::Mutex::new(send)),
+            requests: Arc::new(tokio::sync::OnceCell::new()),
+        };
         let old = self.add_peer(peer, None).send_replace(Some(link));
         if let Some(old) = old {
             // "Keep the newer": the older connection belongs to a peer incarnation that is gone
@@ -643,8 +654,23 @@ impl Inner {
         let Some(link) = link else {
             return Err(TransportError::Unreachable { peer: to, reason: "connection lost".into() });
         };
-        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        exchange(to, &link.connection, Request { id, payload }, deadline, timeout).await
+        let pipeline = link
+            .requests
+            .get_or_try_init(|| async {
+                match tokio::time::timeout_at(deadline, link.connection.open_bi()).await {
+                    Ok(Ok((send, recv))) => Ok(Pipeline::start(to, send, recv)),
+                    _ => Err(()),
+                }
+            })
+            .await;
+        match pipeline {
+            Ok(pipeline) if !pipeline.is_dead() => pipeline.request(payload, deadline, timeout).await,
+            // No pipeline (or a broken one on a live connection): a stream for this request.
+            _ => {
+                let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+                exchange(to, &link.connection, Request { id, payload }, deadline, timeout).await
+            }
+        }
     }
 }
 
@@ -721,7 +747,7 @@ pub(crate) fn transport_config(
 }
 
 /// Counts a malformed frame; `peer` is `None` before the Hello has named the sender.
-fn count_frame_error(peer: Option<NodeId>) {
+pub(super) fn count_frame_error(peer: Option<NodeId>) {
     let label = match peer {
         None => "unknown".to_string(),
         Some(CLIENT_NODE_ID) => "client".to_string(),
@@ -857,7 +883,17 @@ async fn accept_requests(inner: Arc<Inner>, peer: NodeId, connection: quinn::Con
     inner.unregister(peer, &connection);
 }
 
-/// Answers one inbound request.
+/// Serves one request stream: `Request` frames until the requester finishes its side, each
+/// answered by a `Response` frame with its id, in the order the answers are ready. A requester
+/// may send one request and finish (one stream per request), or keep one stream open and
+/// pipeline many (see `super::pipeline`): one stream then carries a connection's requests, and
+/// the answers ready together leave in one write — one packet for many, instead of a stream
+/// opened, a packet sent and a stream closed per request.
+///
+/// Each request holds a permit from `permits` from its read until its answer is written, so
+/// handlers running and answers queued stay bounded however fast a requester sends (it then
+/// waits on QUIC flow control). When nobody can take the answers any more (the stream or the
+/// connection is gone), the handlers still running are abandoned.
 async fn serve_request(
     inner: Arc<Inner>,
     peer: NodeId,
@@ -865,58 +901,105 @@ async fn serve_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let read_timeout = Duration::from_millis(REQUEST_READ_TIMEOUT_MS);
-    let request = match tokio::time::timeout(read_timeout, frame::read_frame(&mut recv)).await {
-        Ok(Ok(Some(Frame::Request(request)))) => request,
-        Ok(Ok(None)) | Ok(Err(FrameError::Io(_))) | Err(_) => {
-            // The requester went away or never finished writing; nothing to answer.
-            let _ = send.reset(CLOSE_PROTOCOL);
-            return;
+    let (answers, mut ready) = mpsc::unbounded_channel::<(Vec<u8>, OwnedSemaphorePermit)>();
+    // Set by the reader on a bad frame: the stream is then reset rather than finished.
+    let violated = std::sync::atomic::AtomicBool::new(false);
+    let reader = {
+        let inner = Arc::clone(&inner);
+        let violated = &violated;
+        async move {
+            // The first request must come promptly; later ones whenever the requester likes.
+            let mut read_timeout = Some(Duration::from_millis(REQUEST_READ_TIMEOUT_MS));
+            loop {
+                let next = async {
+                    match read_timeout.take() {
+                        Some(timeout) => tokio::time::timeout(timeout, frame::read_frame(&mut recv))
+                            .await
+                            .unwrap_or_else(|_| Err(FrameError::Io("no request in time".into()))),
+                        None => frame::read_frame(&mut recv).await,
+                    }
+                };
+                let request = tokio::select! {
+                    frame = next => match frame {
+                        Ok(Some(Frame::Request(request))) => request,
+                        // The requester finished its side, went away, or never wrote.
+                        Ok(None) | Err(FrameError::Io(_)) => return,
+                        Ok(Some(other)) => {
+                            tracing::warn!(node = %inner.node_id, peer = %peer, kind = ?other.kind(), "unexpected frame on a request stream");
+                            count_frame_error(Some(peer));
+                            let _ = recv.stop(CLOSE_PROTOCOL);
+                            violated.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %inner.node_id, peer = %peer, error = %e, "bad frame on a request stream; closing it");
+                            count_frame_error(Some(peer));
+                            let _ = recv.stop(CLOSE_PROTOCOL);
+                            violated.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    },
+                    _ = answers.closed() => return,
+                    _ = inner.shut_down() => return,
+                };
+                let permit = tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    _ = answers.closed() => return,
+                    _ = inner.shut_down() => return,
+                };
+                let answers = answers.clone();
+                let handler = Arc::clone(&inner);
+                inner.spawn(async move {
+                    let answer = tokio::select! {
+                        answer = handler.handler.handle(peer, request.payload) => answer,
+                        _ = answers.closed() => return,
+                        _ = handler.shut_down() => return,
+                    };
+                    let bytes = frame::encode(&Response { id: request.id, result: Ok(answer) }).or_else(|e| {
+                        tracing::warn!(node = %handler.node_id, peer = %peer, error = %e, "request answer not sendable");
+                        frame::encode(&Response { id: request.id, result: Err(format!("answer not sendable: {e}")) })
+                    });
+                    if let Ok(bytes) = bytes {
+                        let _ = answers.send((bytes, permit));
+                    }
+                });
+            }
         }
-        Ok(Ok(Some(other))) => {
-            tracing::warn!(node = %inner.node_id, peer = %peer, kind = ?other.kind(), "unexpected frame on a request stream");
-            count_frame_error(Some(peer));
-            let _ = recv.stop(CLOSE_PROTOCOL);
-            let _ = send.reset(CLOSE_PROTOCOL);
-            return;
+    };
+    let writer = async {
+        let mut batch = Vec::new();
+        let mut held = Vec::new();
+        while let Some((bytes, permit)) = ready.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&bytes);
+            held.push(permit);
+            while batch.len() < PIPELINE_WRITE_BYTES_MAX {
+                match ready.try_recv() {
+                    Ok((bytes, permit)) => {
+                        batch.extend_from_slice(&bytes);
+                        held.push(permit);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if send.write_all(&batch).await.is_err() {
+                // Nobody takes answers any more: the reader and the handlers see the channel
+                // close and stop.
+                return;
+            }
+            held.clear();
         }
-        Ok(Err(e)) => {
-            tracing::warn!(node = %inner.node_id, peer = %peer, error = %e, "bad frame on a request stream; closing it");
-            count_frame_error(Some(peer));
-            let _ = recv.stop(CLOSE_PROTOCOL);
+        // The reader is done and every handler has answered.
+        if violated.load(Ordering::Relaxed) {
             let _ = send.reset(CLOSE_PROTOCOL);
-            return;
+        } else {
+            let _ = send.finish();
         }
     };
-    // Stop working on the answer as soon as nobody wants it: the requester timed out (its
-    // stream drop sends STOP_SENDING), the connection died, or we are shutting down.
-    let stopped = send.stopped();
-    tokio::pin!(stopped);
-    let permit = tokio::select! {
-        permit = permits.acquire_owned() => match permit {
-            Ok(permit) => permit,
-            Err(_) => return,
-        },
-        _ = &mut stopped => return,
-        _ = inner.shut_down() => return,
-    };
-    let answer = tokio::select! {
-        answer = inner.handler.handle(peer, request.payload) => answer,
-        _ = &mut stopped => return,
-        _ = inner.shut_down() => return,
-    };
-    drop(permit);
-    let bytes = frame::encode(&Response { id: request.id, result: Ok(answer) }).or_else(|e| {
-        tracing::warn!(node = %inner.node_id, peer = %peer, error = %e, "request answer not sendable");
-        frame::encode(&Response { id: request.id, result: Err(format!("answer not sendable: {e}")) })
-    });
-    let Ok(bytes) = bytes else {
-        let _ = send.reset(CLOSE_PROTOCOL);
-        return;
-    };
-    if send.write_all(&bytes).await.is_ok() {
-        let _ = send.finish();
-    }
+    tokio::join!(reader, writer);
 }
 
 /// Accepts incoming connections for the life of the endpoint.

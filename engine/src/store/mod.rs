@@ -128,7 +128,7 @@ impl StoreConfig {
             clock_rate: 1.0,
             lose_unsynced_writes: false,
             early_leader_appends: true,
-            checkpoint_interval: Duration::from_millis(500),
+            checkpoint_interval: Duration::from_millis(2_000),
             checkpoint_bytes_max: 64 << 20,
         }
     }

@@ -177,9 +177,11 @@ impl NodeWorld {
         // across reconnects are exercised.
         cfg.snapshot_chunk_bytes = 96;
         cfg.snapshot_chunks_per_round = 3;
-        // Frequent checkpoints, so that crashes land on every side of one.
+        // Frequent checkpoints, so that crashes land on every side of one: sliced (a third of
+        // the ranges every 40 ms), and whole ones when the writes pile up.
         cfg.checkpoint_interval = std::time::Duration::from_millis(120);
-        cfg.checkpoint_bytes_max = 2_000;
+        cfg.checkpoint_slices = 3;
+        cfg.checkpoint_bytes_max = 6_000;
         cfg
     }
 

@@ -2,12 +2,12 @@
 //! applied index of every group, and the key-value data — all in one redb database.
 //!
 //! Why one redb database for everything (DESIGN §3 allows a separate log file): a driver round
-//! then needs exactly one write transaction and one fsync for *all* groups — new entries, hard
-//! states, the effects of newly committed entries and the applied indexes together. Applying in
-//! the same transaction as the applied index makes apply idempotent across crashes: after a
-//! restart a group re-applies exactly the entries after its durable applied index. The
-//! alternative (a checksummed append-only log file beside redb) is recorded in
-//! `docs/storage.md`, to be chosen by measurement.
+//! then needs exactly one write transaction and one fsync for *all* groups. Committed entries
+//! are applied into memory (the overlay, see [`Overlay`]) and reach the data table in a
+//! checkpoint, together with the applied indexes: after a restart a group re-applies exactly
+//! the entries after its stored applied index. The alternative (a checksummed append-only log
+//! file beside redb) is recorded in `docs/storage.md`, with the measurement that now argues
+//! for it.
 //!
 //! Disk access goes through redb's `StorageBackend` trait: a file in production, redb's
 //! `InMemoryBackend` in tests and the simulator, and `FaultyBackend` (see `faulty.rs`) to inject
@@ -15,6 +15,8 @@
 //!
 //! Invariants:
 //! - a `Round` is all-or-nothing: either every change in it is durable, or none is;
+//! - a group's stored applied index and the data table move together (checkpoint, snapshot
+//!   install), and the log is never compacted past the stored applied index;
 //! - a failed commit poisons the store (`StorageError::Poisoned`): fsync failures are never
 //!   retried, because the kernel may have dropped the dirty pages (the "fsyncgate" lesson);
 //! - the log is one record per round (every group's new entries), stored with a CRC-32C of
@@ -600,7 +602,7 @@ impl NodeStorage {
             replaced: Vec::new(),
             groups: BTreeMap::new(),
             installed: HashMap::new(),
-            checkpoint: false,
+            checkpoint: Checkpoint::None,
         })
     }
 
@@ -888,8 +890,48 @@ pub struct Round<'s> {
     groups: BTreeMap<u64, GroupRecord>,
     /// range → the index of a snapshot installed in this round (the data table now reflects it).
     installed: HashMap<u64, LogIndex>,
-    /// Whether this round writes every applied change into the data table.
-    checkpoint: bool,
+    /// Which applied changes this round writes into the data table.
+    checkpoint: Checkpoint,
+}
+
+/// What a round checkpoints: nothing, everything, or some ranges (each with its key span: a
+/// range's keys are written only by its own entries, so its span and its applied index can be
+/// checkpointed apart from the other ranges').
+#[derive(Debug, Default)]
+enum Checkpoint {
+    #[default]
+    None,
+    All,
+    Ranges(BTreeMap<u64, (Vec<u8>, Vec<u8>)>),
+}
+
+impl Checkpoint {
+    fn covers_range(&self, range: u64) -> bool {
+        match self {
+            Checkpoint::None => false,
+            Checkpoint::All => true,
+            Checkpoint::Ranges(ranges) => ranges.contains_key(&range),
+        }
+    }
+
+    fn covers_key(&self, key: &[u8]) -> bool {
+        match self {
+            Checkpoint::None => false,
+            Checkpoint::All => true,
+            Checkpoint::Ranges(ranges) => ranges.values().any(|(start, end)| in_span(key, start, end)),
+        }
+    }
+
+    /// The writes of `writes` it covers, in key order per span.
+    fn select<'w>(&self, writes: &'w Writes) -> Vec<(&'w Vec<u8>, &'w Option<Vec<u8>>)> {
+        match self {
+            Checkpoint::None => Vec::new(),
+            Checkpoint::All => writes.iter().collect(),
+            Checkpoint::Ranges(ranges) => {
+                ranges.values().flat_map(|(start, end)| writes_in(writes, start, end)).collect()
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Round<'_> {
@@ -958,7 +1000,7 @@ impl Round<'_> {
     /// In a checkpoint round, call `checkpoint` first.
     pub fn truncate_prefix(&mut self, range: RangeId, upto: LogIndex) -> Result<(), StorageError> {
         // What the data table will reflect once this round commits.
-        let durable = if self.checkpoint {
+        let durable = if self.checkpoint.covers_range(range.0) {
             self.group(range)?.applied
         } else {
             self.storage.durable_applied(range).max(self.installed.get(&range.0).copied().unwrap_or_default())
@@ -975,7 +1017,20 @@ impl Round<'_> {
     /// Writes every applied change into the data table in this round, and each group's
     /// in-memory applied index as its stored one.
     pub fn checkpoint(&mut self) {
-        self.checkpoint = true;
+        self.checkpoint = Checkpoint::All;
+    }
+
+    /// Like [`checkpoint`](Self::checkpoint), for these ranges only, each given with its key
+    /// span `[start, end)`: the applied changes in those spans and those groups' applied
+    /// indexes. Lets the host spread a checkpoint over several rounds.
+    pub fn checkpoint_ranges(&mut self, ranges: impl IntoIterator<Item = (RangeId, Vec<u8>, Vec<u8>)>) {
+        match &mut self.checkpoint {
+            Checkpoint::All => {}
+            Checkpoint::Ranges(have) => have.extend(ranges.into_iter().map(|(r, s, e)| (r.0, (s, e)))),
+            none @ Checkpoint::None => {
+                *none = Checkpoint::Ranges(ranges.into_iter().map(|(r, s, e)| (r.0, (s, e))).collect());
+            }
+        }
     }
 
     /// Replaces a range's log and data with a snapshot received from its leader.
@@ -1061,6 +1116,7 @@ impl Round<'_> {
     /// already durable in the log, and for checkpoints. On failure the store is poisoned.
     pub fn commit_with(mut self, durable: bool) -> Result<(), StorageError> {
         let storage = self.storage;
+        let writes = std::mem::take(&mut self.writes);
         // Readers lock the overlay while they begin a read transaction: holding it from here
         // to the overlay's update keeps the two in agreement for them.
         let mut overlay = storage.overlay();
@@ -1073,14 +1129,16 @@ impl Round<'_> {
         };
         // The group records to store: see `put_group`.
         let mut ranges: BTreeSet<u64> = self.groups.keys().copied().collect();
-        if self.checkpoint {
-            ranges.extend(overlay.pending.iter().copied());
+        match &self.checkpoint {
+            Checkpoint::None => {}
+            Checkpoint::All => ranges.extend(overlay.pending.iter().copied()),
+            Checkpoint::Ranges(covered) => ranges.extend(covered.keys().copied()),
         }
         let mut store = Vec::new();
         for range in ranges {
             let Some(host) = self.groups.get(&range).or_else(|| overlay.groups.get(&range)) else { continue };
             let stored = overlay.stored.get(&range);
-            let applied = if self.checkpoint {
+            let applied = if self.checkpoint.covers_range(range) {
                 host.applied
             } else if let Some(&index) = self.installed.get(&range) {
                 index
@@ -1104,26 +1162,42 @@ impl Round<'_> {
         // The round's entries: one record at the tail.
         let lasts: BTreeMap<u64, u64> =
             self.appended.iter().filter_map(|(r, es)| es.last().map(|e| (*r, e.index.0))).collect();
-        let flush = self.checkpoint && !(overlay.data.is_empty() && self.writes.is_empty());
-        let needed =
-            self.txn.is_some() || !lasts.is_empty() || !dead.is_empty() || !store.is_empty() || flush;
+        // The checkpoint's writes: older overlay writes outside the spans a snapshot replaced
+        // in this round, then this round's (a key in both: the round's comes second and wins).
+        let replaced = &self.replaced;
+        let mut flush = self.checkpoint.select(&overlay.data);
+        flush.retain(|(k, _)| !replaced.iter().any(|(s, e)| in_span(k, s, e)));
+        flush.extend(self.checkpoint.select(&writes));
+        let needed = self.txn.is_some()
+            || !lasts.is_empty()
+            || !dead.is_empty()
+            || !store.is_empty()
+            || !flush.is_empty();
         if needed {
-            if let Err(e) =
-                self.write_txn(seq, &lasts, &dead, &store, flush.then_some(&overlay.data), durable)
-            {
+            if let Err(e) = self.write_txn(seq, &lasts, &dead, &store, &flush, durable) {
                 storage.poisoned.store(true, Ordering::Release);
                 return Err(e);
             }
         }
+        drop(flush);
         storage.log_state().committed(seq, lasts, &dead, &self.compactions, &self.reset);
         for (start, end) in &self.replaced {
             overlay.drop_span(start, end);
         }
-        if self.checkpoint {
-            overlay.data.clear();
-            overlay.bytes = 0;
-        } else {
-            for (key, value) in std::mem::take(&mut self.writes) {
+        match &self.checkpoint {
+            Checkpoint::All => {
+                overlay.data.clear();
+                overlay.bytes = 0;
+            }
+            Checkpoint::Ranges(covered) => {
+                for (start, end) in covered.values() {
+                    overlay.drop_span(start, end);
+                }
+            }
+            Checkpoint::None => {}
+        }
+        for (key, value) in writes {
+            if !self.checkpoint.covers_key(&key) {
                 overlay.write(key, value);
             }
         }
@@ -1133,37 +1207,32 @@ impl Round<'_> {
         for (range, host) in std::mem::take(&mut self.groups) {
             overlay.note_group(range, host);
         }
-        if self.checkpoint {
-            let pending: Vec<u64> = overlay.pending.iter().copied().collect();
-            for range in pending {
-                if let Some(host) = overlay.groups.get(&range).cloned() {
-                    overlay.note_group(range, host);
-                }
+        let covered: Vec<u64> = match &self.checkpoint {
+            Checkpoint::None => Vec::new(),
+            Checkpoint::All => overlay.pending.iter().copied().collect(),
+            Checkpoint::Ranges(covered) => covered.keys().copied().collect(),
+        };
+        for range in covered {
+            if let Some(host) = overlay.groups.get(&range).cloned() {
+                overlay.note_group(range, host);
             }
-            assert!(
-                overlay.pending.is_empty(),
-                "groups still unflushed after a checkpoint: {:?}",
-                overlay.pending
-            );
+            assert!(!overlay.pending.contains(&range), "r{range} still unflushed after its checkpoint");
         }
         Ok(())
     }
 
-    /// Fills and commits the round's redb transaction. `flush` is the overlay to write into the
-    /// data table (a checkpoint): its entries outside the spans a snapshot replaced, then this
-    /// round's writes.
+    /// Fills and commits the round's redb transaction. `flush` is what a checkpoint writes into
+    /// the data table, in order.
     fn write_txn(
         &mut self,
         seq: u64,
         lasts: &BTreeMap<u64, u64>,
         dead: &[u64],
         store: &[(u64, GroupRecord)],
-        flush: Option<&Writes>,
+        flush: &[(&Vec<u8>, &Option<Vec<u8>>)],
         durable: bool,
     ) -> Result<(), StorageError> {
         let appended = std::mem::take(&mut self.appended);
-        let writes = if flush.is_some() { std::mem::take(&mut self.writes) } else { Writes::new() };
-        let replaced = self.replaced.clone();
         let txn = self.txn()?;
         if !lasts.is_empty() || !dead.is_empty() {
             let mut log = txn.open_table(LOG).map_err(io)?;
@@ -1188,11 +1257,9 @@ impl Round<'_> {
                 t.insert(*range, encode(record)?.as_slice()).map_err(io)?;
             }
         }
-        if let Some(older) = flush {
+        if !flush.is_empty() {
             let mut t = txn.open_table(DATA).map_err(io)?;
-            let older = older.iter().filter(|(k, _)| !replaced.iter().any(|(s, e)| in_span(k, s, e)));
-            for (key, value) in older.chain(writes.iter()) {
-                // A key in both: the round's write comes second and wins.
+            for &(key, value) in flush {
                 match value {
                     Some(value) => {
                         t.insert(key.as_slice(), seal_value(key, value).as_slice()).map_err(io)?;

@@ -579,3 +579,53 @@ fn crc32c_matches_the_standard_check_value_and_the_bytewise_definition() {
         }
     }
 }
+
+/// A checkpoint of some ranges writes their spans and their applied indexes only; the other
+/// ranges' writes stay in memory, behind their stored applied index, and a crash loses them
+/// together.
+#[test]
+fn a_sliced_checkpoint_moves_only_its_ranges() {
+    let (left, right) = (RangeId(1), RangeId(2));
+    let host = |applied| GroupRecord { applied: LogIndex(applied), ..GroupRecord::default() };
+    let disk = SimDisk::new();
+    let after_crash = {
+        let s = NodeStorage::with_backend(disk.clone()).unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.append(left, &[entry(1, 1, b"a")]).unwrap();
+        round.append(right, &[entry(1, 1, b"b")]).unwrap();
+        round.put_group(left, &host(0)).unwrap();
+        round.put_group(right, &host(0)).unwrap();
+        round.commit().unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.put(b"a-key", b"1").unwrap();
+        round.put(b"m-key", b"2").unwrap();
+        round.put_group(left, &host(1)).unwrap();
+        round.put_group(right, &host(1)).unwrap();
+        round.commit_with(false).unwrap();
+        assert_eq!(s.unflushed().1, 2);
+        // Checkpoint the left range, [ "", "m" ), in a round that also applies a write there.
+        let mut round = s.begin_round().unwrap();
+        round.put(b"b-key", b"3").unwrap();
+        round.put_group(left, &host(1)).unwrap();
+        round.checkpoint_ranges([(left, Vec::new(), b"m".to_vec())]);
+        round.commit_with(false).unwrap();
+        assert_eq!(s.durable_applied(left), LogIndex(1));
+        assert_eq!(s.durable_applied(right), LogIndex(0), "not in the slice");
+        assert_eq!(s.unflushed(), (6, 1), "only m-key = 2 (6 bytes) and its group wait");
+        assert!(s.begin_round().unwrap().truncate_prefix(right, LogIndex(1)).is_err());
+        for (k, v) in [(&b"a-key"[..], &b"1"[..]), (b"b-key", b"3"), (b"m-key", b"2")] {
+            assert_eq!(s.get(k).unwrap(), Some(v.to_vec()), "every write is readable");
+        }
+        // Any durable round makes the checkpoint durable.
+        let mut round = s.begin_round().unwrap();
+        round.append(left, &[entry(2, 1, b"c")]).unwrap();
+        round.commit().unwrap();
+        disk.crash()
+    };
+    let s = NodeStorage::with_backend(after_crash).unwrap();
+    assert_eq!(s.get(b"a-key").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(s.get(b"b-key").unwrap(), Some(b"3".to_vec()));
+    assert_eq!(s.get(b"m-key").unwrap(), None, "the right range was not checkpointed...");
+    assert_eq!(s.load_group(right).unwrap().unwrap().1.applied, LogIndex(0), "...nor its applied index");
+    assert_eq!(s.load_group(left).unwrap().unwrap().1.applied, LogIndex(1));
+}

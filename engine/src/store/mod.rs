@@ -107,8 +107,12 @@ pub struct StoreConfig {
     /// this often (the Raft log is their durable record meanwhile; a restart re-applies the
     /// entries after the last checkpoint)...
     pub checkpoint_interval: Duration,
-    /// ...or as soon as this many bytes of keys and values are waiting.
+    /// ...or, all of it at once, as soon as this many bytes of keys and values are waiting.
     pub checkpoint_bytes_max: usize,
+    /// A checkpoint is spread over this many rounds, each writing a slice of the ranges (one
+    /// every `checkpoint_interval / checkpoint_slices`), so that the driver never stops for a
+    /// whole node's worth of writes at once.
+    pub checkpoint_slices: u32,
 }
 
 impl StoreConfig {
@@ -130,6 +134,7 @@ impl StoreConfig {
             early_leader_appends: true,
             checkpoint_interval: Duration::from_millis(2_000),
             checkpoint_bytes_max: 64 << 20,
+            checkpoint_slices: 8,
         }
     }
 
@@ -538,6 +543,7 @@ pub fn build(
         status_cache: BTreeMap::new(),
         status_dead: Vec::new(),
         last_checkpoint: now,
+        checkpoint_phase: 0,
         compact_candidates: BTreeSet::new(),
         cfg,
     };
@@ -583,6 +589,8 @@ pub struct Driver {
     status_cache: BTreeMap<RangeId, RangeStatus>,
     status_dead: Vec<u64>,
     last_checkpoint: Duration,
+    /// The slice of the ranges the next checkpoint round writes.
+    checkpoint_phase: u32,
     /// Groups that applied entries since the last checkpoint: their logs may be compacted
     /// after the next one.
     compact_candidates: BTreeSet<RangeId>,
@@ -1126,16 +1134,29 @@ impl Driver {
     fn maybe_checkpoint(&mut self) -> Result<(), StorageError> {
         let now = self.clock.now();
         let (bytes, groups) = self.storage.unflushed();
-        let due = now.saturating_sub(self.last_checkpoint) >= self.cfg.checkpoint_interval
-            || bytes >= self.cfg.checkpoint_bytes_max;
-        if groups == 0 || !due {
-            if groups == 0 {
-                self.last_checkpoint = now;
-            }
+        if groups == 0 {
+            self.last_checkpoint = now;
+            return Ok(());
+        }
+        let slices = self.cfg.checkpoint_slices.max(1);
+        let whole = bytes >= self.cfg.checkpoint_bytes_max;
+        if !whole && now.saturating_sub(self.last_checkpoint) < self.cfg.checkpoint_interval / slices {
             return Ok(());
         }
         let mut round = self.storage.begin_round()?;
-        round.checkpoint();
+        if whole || slices == 1 {
+            round.checkpoint();
+        } else {
+            let phase = self.checkpoint_phase;
+            self.checkpoint_phase = (phase + 1) % slices;
+            round.checkpoint_ranges(
+                self.groups
+                    .values()
+                    .enumerate()
+                    .filter(|(i, _)| *i as u32 % slices == phase)
+                    .map(|(_, g)| (g.desc.id, g.desc.start.clone(), g.desc.end.clone())),
+            );
+        }
         round.commit_with(false)?;
         self.last_checkpoint = now;
         metrics::counter!("flotilla_storage_checkpoints_total").increment(1);

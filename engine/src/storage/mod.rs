@@ -280,12 +280,33 @@ struct Overlay {
     data: Writes,
     /// Bytes of the keys and values in `data`.
     bytes: usize,
-    /// range → the host's latest record: its `applied` is the in-memory applied index.
-    groups: HashMap<u64, GroupRecord>,
-    /// range → the record as stored in the groups table: its `applied` is the checkpointed one.
-    stored: HashMap<u64, GroupRecord>,
+    /// range → the host's in-memory applied index (what the data with the overlay on top
+    /// reflects). Only the index: a second copy of every record would cost memory per idle
+    /// replica.
+    applied: HashMap<u64, LogIndex>,
+    /// range → the record as stored in the groups table: its `applied` is the checkpointed one,
+    /// its term and vote are always the latest (they are stored the round they change).
+    stored: HashMap<u64, StoredRecord>,
     /// Ranges whose in-memory applied index is ahead of the stored one.
     pending: std::collections::BTreeSet<u64>,
+}
+
+/// A group record as stored: its checkpointed applied index at hand, the rest encoded — a few
+/// dozen bytes instead of a struct whose membership sets cost about a KiB per idle replica.
+#[derive(Debug)]
+struct StoredRecord {
+    applied: LogIndex,
+    encoded: Box<[u8]>,
+}
+
+impl StoredRecord {
+    fn new(record: &GroupRecord) -> Result<StoredRecord, StorageError> {
+        Ok(StoredRecord { applied: record.applied, encoded: encode(record)?.into_boxed_slice() })
+    }
+
+    fn record(&self) -> Result<GroupRecord, StorageError> {
+        decode("group record", &self.encoded)
+    }
 }
 
 impl Overlay {
@@ -314,14 +335,26 @@ impl Overlay {
         });
     }
 
-    fn note_group(&mut self, range: u64, host: GroupRecord) {
+    fn note_applied(&mut self, range: u64, applied: LogIndex) {
         let stored = self.stored.get(&range).map_or(LogIndex::ZERO, |s| s.applied);
-        if host.applied == stored {
+        if applied == stored {
             self.pending.remove(&range);
         } else {
             self.pending.insert(range);
         }
-        self.groups.insert(range, host);
+        self.applied.insert(range, applied);
+    }
+
+    /// The host's view of a group's record, rebuilt from the stored one: the in-memory applied
+    /// index, and a commit index at least that (every applied entry is committed).
+    fn host_record(&self, range: u64) -> Result<Option<GroupRecord>, StorageError> {
+        let Some(stored) = self.stored.get(&range) else { return Ok(None) };
+        let mut record = stored.record()?;
+        if let Some(&applied) = self.applied.get(&range) {
+            record.applied = applied;
+            record.hard_state.commit = record.hard_state.commit.max(applied);
+        }
+        Ok(Some(record))
     }
 }
 
@@ -448,8 +481,11 @@ impl NodeStorage {
         let records = storage.load_log()?;
         {
             let mut overlay = storage.overlay();
-            overlay.groups = records.clone();
-            overlay.stored = records;
+            overlay.applied = records.iter().map(|(&r, record)| (r, record.applied)).collect();
+            overlay.stored = records
+                .iter()
+                .map(|(&r, record)| Ok((r, StoredRecord::new(record)?)))
+                .collect::<Result<_, _>>()?;
         }
         Ok(storage)
     }
@@ -707,8 +743,8 @@ impl NodeStorage {
         let overlay = self.overlay();
         let txn = self.db.begin_read().map_err(io)?;
         // The in-memory applied index: what the data, with the overlay on top, reflects.
-        let applied = match overlay.groups.get(&desc.id.0) {
-            Some(record) => record.applied,
+        let applied = match overlay.applied.get(&desc.id.0) {
+            Some(&applied) => applied,
             None => {
                 let groups = txn.open_table(GROUPS).map_err(io)?;
                 match groups.get(desc.id.0).map_err(io)? {
@@ -970,7 +1006,7 @@ impl Round<'_> {
         if let Some(record) = self.groups.get(&range.0) {
             return Ok(record.clone());
         }
-        Ok(self.storage.overlay().groups.get(&range.0).cloned().unwrap_or_default())
+        Ok(self.storage.overlay().host_record(range.0)?.unwrap_or_default())
     }
 
     /// Appends entries, replacing everything from `entries[0].index` on (a leader's entries
@@ -1136,19 +1172,25 @@ impl Round<'_> {
         }
         let mut store = Vec::new();
         for range in ranges {
-            let Some(host) = self.groups.get(&range).or_else(|| overlay.groups.get(&range)) else { continue };
-            let stored = overlay.stored.get(&range);
+            let host = match self.groups.get(&range) {
+                Some(host) => host.clone(),
+                None => match overlay.host_record(range)? {
+                    Some(host) => host,
+                    None => continue,
+                },
+            };
+            let stored = overlay.stored.get(&range).map(StoredRecord::record).transpose()?;
             let applied = if self.checkpoint.covers_range(range) {
                 host.applied
             } else if let Some(&index) = self.installed.get(&range) {
                 index
             } else {
-                stored.map_or(LogIndex::ZERO, |s| s.applied)
+                stored.as_ref().map_or(LogIndex::ZERO, |s| s.applied)
             };
             let log_from_seq =
                 if self.reset.contains(&range) { seq } else { from_seq.get(&range).copied().unwrap_or(0) };
             let record = GroupRecord { applied, log_from_seq, ..host.clone() };
-            let same = stored.is_some_and(|s| {
+            let same = stored.as_ref().is_some_and(|s| {
                 s.hard_state.term == record.hard_state.term
                     && s.hard_state.vote == record.hard_state.vote
                     && s.snapshot == record.snapshot
@@ -1156,7 +1198,7 @@ impl Round<'_> {
                     && s.log_from_seq == record.log_from_seq
             });
             if !same {
-                store.push((range, record));
+                store.push((range, StoredRecord::new(&record)?));
             }
         }
         // The round's entries: one record at the tail.
@@ -1205,7 +1247,7 @@ impl Round<'_> {
             overlay.stored.insert(range, record);
         }
         for (range, host) in std::mem::take(&mut self.groups) {
-            overlay.note_group(range, host);
+            overlay.note_applied(range, host.applied);
         }
         let covered: Vec<u64> = match &self.checkpoint {
             Checkpoint::None => Vec::new(),
@@ -1213,8 +1255,8 @@ impl Round<'_> {
             Checkpoint::Ranges(covered) => covered.keys().copied().collect(),
         };
         for range in covered {
-            if let Some(host) = overlay.groups.get(&range).cloned() {
-                overlay.note_group(range, host);
+            if let Some(&applied) = overlay.applied.get(&range) {
+                overlay.note_applied(range, applied);
             }
             assert!(!overlay.pending.contains(&range), "r{range} still unflushed after its checkpoint");
         }
@@ -1228,7 +1270,7 @@ impl Round<'_> {
         seq: u64,
         lasts: &BTreeMap<u64, u64>,
         dead: &[u64],
-        store: &[(u64, GroupRecord)],
+        store: &[(u64, StoredRecord)],
         flush: &[(&Vec<u8>, &Option<Vec<u8>>)],
         durable: bool,
     ) -> Result<(), StorageError> {
@@ -1254,7 +1296,7 @@ impl Round<'_> {
         if !store.is_empty() {
             let mut t = txn.open_table(GROUPS).map_err(io)?;
             for (range, record) in store {
-                t.insert(*range, encode(record)?.as_slice()).map_err(io)?;
+                t.insert(*range, &*record.encoded).map_err(io)?;
             }
         }
         if !flush.is_empty() {

@@ -1158,11 +1158,6 @@ impl Round<'_> {
         let mut overlay = storage.overlay();
         // Write transactions are serialized by redb, so the log index cannot move between
         // this read of it and the update after the commit; the lock is not held over the fsync.
-        let (seq, dead, from_seq) = {
-            let state = storage.log_state();
-            let dead = state.dead_records(&self.compactions, &self.reset);
-            (state.next_seq, dead, state.from_seq.clone())
-        };
         // The group records to store: see `put_group`.
         let mut ranges: BTreeSet<u64> = self.groups.keys().copied().collect();
         match &self.checkpoint {
@@ -1170,6 +1165,14 @@ impl Round<'_> {
             Checkpoint::All => ranges.extend(overlay.pending.iter().copied()),
             Checkpoint::Ranges(covered) => ranges.extend(covered.keys().copied()),
         }
+        let (seq, dead, from_seq) = {
+            let state = storage.log_state();
+            let dead = state.dead_records(&self.compactions, &self.reset);
+            // Only the ranges this round stores: the whole map is O(groups) per round.
+            let from_seq: HashMap<u64, u64> =
+                ranges.iter().filter_map(|r| state.from_seq.get(r).map(|&s| (*r, s))).collect();
+            (state.next_seq, dead, from_seq)
+        };
         let mut store = Vec::new();
         for range in ranges {
             let host = match self.groups.get(&range) {

@@ -103,7 +103,7 @@ pub struct RangeDescriptor {
 
 impl RangeDescriptor {
     pub fn contains(&self, key: &[u8]) -> bool {
-        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+        in_span(key, &self.start, &self.end)
     }
 }
 
@@ -291,17 +291,47 @@ struct Overlay {
     pending: std::collections::BTreeSet<u64>,
 }
 
-/// A group record as stored: its checkpointed applied index at hand, the rest encoded — a few
-/// dozen bytes instead of a struct whose membership sets cost about a KiB per idle replica.
+/// A group record as stored: the fields that decide whether it must be rewritten at hand, the
+/// rest encoded — a few dozen bytes instead of a struct whose membership sets cost about a KiB
+/// per idle replica, and no decoding on a round's path.
 #[derive(Debug)]
 struct StoredRecord {
     applied: LogIndex,
+    durable: DurableFields,
     encoded: Box<[u8]>,
+}
+
+/// What of a group record must be durable: everything but the commit index, which Raft learns
+/// again after a restart. A snapshot is named by its index and term (same index and term,
+/// same membership).
+#[derive(Debug, PartialEq, Eq)]
+struct DurableFields {
+    term: crate::raft::Term,
+    vote: Option<NodeId>,
+    snapshot: Option<(LogIndex, crate::raft::Term)>,
+    applied: LogIndex,
+    log_from_seq: u64,
+}
+
+impl DurableFields {
+    fn of(record: &GroupRecord) -> DurableFields {
+        DurableFields {
+            term: record.hard_state.term,
+            vote: record.hard_state.vote,
+            snapshot: record.snapshot.as_ref().map(|s| (s.index, s.term)),
+            applied: record.applied,
+            log_from_seq: record.log_from_seq,
+        }
+    }
 }
 
 impl StoredRecord {
     fn new(record: &GroupRecord) -> Result<StoredRecord, StorageError> {
-        Ok(StoredRecord { applied: record.applied, encoded: encode(record)?.into_boxed_slice() })
+        Ok(StoredRecord {
+            applied: record.applied,
+            durable: DurableFields::of(record),
+            encoded: encode(record)?.into_boxed_slice(),
+        })
     }
 
     fn record(&self) -> Result<GroupRecord, StorageError> {
@@ -325,14 +355,12 @@ impl Overlay {
     }
 
     fn drop_span(&mut self, start: &[u8], end: &[u8]) {
-        let bytes = &mut self.bytes;
-        self.data.retain(|k, v| {
-            let keep = !in_span(k, start, end);
-            if !keep {
-                *bytes -= k.len() + v.as_ref().map_or(0, Vec::len);
+        let keys: Vec<Vec<u8>> = writes_in(&self.data, start, end).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            if let Some(value) = self.data.remove(&key) {
+                self.bytes -= key.len() + value.as_ref().map_or(0, Vec::len);
             }
-            keep
-        });
+        }
     }
 
     fn note_applied(&mut self, range: u64, applied: LogIndex) {
@@ -1156,8 +1184,6 @@ impl Round<'_> {
         // Readers lock the overlay while they begin a read transaction: holding it from here
         // to the overlay's update keeps the two in agreement for them.
         let mut overlay = storage.overlay();
-        // Write transactions are serialized by redb, so the log index cannot move between
-        // this read of it and the update after the commit; the lock is not held over the fsync.
         // The group records to store: see `put_group`.
         let mut ranges: BTreeSet<u64> = self.groups.keys().copied().collect();
         match &self.checkpoint {
@@ -1165,6 +1191,8 @@ impl Round<'_> {
             Checkpoint::All => ranges.extend(overlay.pending.iter().copied()),
             Checkpoint::Ranges(covered) => ranges.extend(covered.keys().copied()),
         }
+        // Write transactions are serialized by redb, so the log index cannot move between
+        // this read of it and the update after the commit; its lock is not held over the fsync.
         let (seq, dead, from_seq) = {
             let state = storage.log_state();
             let dead = state.dead_records(&self.compactions, &self.reset);
@@ -1175,32 +1203,23 @@ impl Round<'_> {
         };
         let mut store = Vec::new();
         for range in ranges {
-            let host = match self.groups.get(&range) {
+            let mut record = match self.groups.get(&range) {
                 Some(host) => host.clone(),
                 None => match overlay.host_record(range)? {
                     Some(host) => host,
                     None => continue,
                 },
             };
-            let stored = overlay.stored.get(&range).map(StoredRecord::record).transpose()?;
-            let applied = if self.checkpoint.covers_range(range) {
-                host.applied
-            } else if let Some(&index) = self.installed.get(&range) {
-                index
-            } else {
-                stored.as_ref().map_or(LogIndex::ZERO, |s| s.applied)
-            };
-            let log_from_seq =
+            let stored = overlay.stored.get(&range);
+            if !self.checkpoint.covers_range(range) {
+                record.applied = match self.installed.get(&range) {
+                    Some(&index) => index,
+                    None => stored.map_or(LogIndex::ZERO, |s| s.applied),
+                };
+            }
+            record.log_from_seq =
                 if self.reset.contains(&range) { seq } else { from_seq.get(&range).copied().unwrap_or(0) };
-            let record = GroupRecord { applied, log_from_seq, ..host.clone() };
-            let same = stored.as_ref().is_some_and(|s| {
-                s.hard_state.term == record.hard_state.term
-                    && s.hard_state.vote == record.hard_state.vote
-                    && s.snapshot == record.snapshot
-                    && s.applied == record.applied
-                    && s.log_from_seq == record.log_from_seq
-            });
-            if !same {
+            if stored.is_none_or(|s| s.durable != DurableFields::of(&record)) {
                 store.push((range, StoredRecord::new(&record)?));
             }
         }

@@ -23,13 +23,19 @@ pub struct Cluster {
 
 /// `n` consecutive free UDP ports on 127.0.0.1, starting from a base derived from `name` and
 /// the process id, below the ephemeral range (where outgoing sockets would take ports from us).
+/// A port is handed out once per process: the tests of one binary run in parallel, and two of
+/// them could otherwise both find a port free before either binds it.
 fn free_ports(name: &str, n: usize) -> Vec<SocketAddr> {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let h = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     let mut base = 20_000 + ((h ^ std::process::id()) % 2_000) as u16 * 5;
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     loop {
-        let addrs: Vec<SocketAddr> =
-            (0..n as u16).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i))).collect();
-        if addrs.iter().all(|a| UdpSocket::bind(a).is_ok()) {
+        let ports: Vec<u16> = (0..n as u16).map(|i| base + i).collect();
+        let addrs: Vec<SocketAddr> = ports.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
+        if ports.iter().all(|p| !handed_out.contains(p)) && addrs.iter().all(|a| UdpSocket::bind(a).is_ok()) {
+            handed_out.extend(ports);
             return addrs;
         }
         base = 20_000 + (base - 20_000 + 97) % 10_000;

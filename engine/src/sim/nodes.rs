@@ -22,13 +22,15 @@ use crate::ids::RangeId;
 use crate::kv::{Command, CommandResult, SetCondition};
 use crate::raft::{NodeId, Role, Term};
 use crate::rng::Rng;
-use crate::storage::{NodeStorage, SimDisk};
+use crate::storage::{NodeStorage, SimDisk, WalOptions};
 use crate::store::{self, Driver, Input, KvError, ManualClock, ReadOp, ReadResult, StoreConfig, StoreHandle};
 use crate::transport::wire::RaftBatch;
 
 /// Wake-ups per node: the ticker's period.
 const WAKE_US: u64 = 25_000;
 /// After healing, ranges must converge within this much simulated time.
+/// How long after convergence a quiet cluster must have deleted its dead log segments.
+const LOG_RECLAIM_US: u64 = 10_000_000;
 const CONVERGE_BOUND_US: u64 = 30_000_000;
 const TRACE_LINES: usize = 40;
 
@@ -182,12 +184,15 @@ impl NodeWorld {
         cfg.checkpoint_interval = std::time::Duration::from_millis(120);
         cfg.checkpoint_slices = 3;
         cfg.checkpoint_bytes_max = 6_000;
+        cfg.log_segments_max = 3;
         cfg
     }
 
     fn start(&mut self, k: usize) {
         let slot = &mut self.slots[k];
-        let storage = match NodeStorage::with_backend(slot.disk.clone()) {
+        // Tiny log segments, so that segments fill, roll and get deleted all the time.
+        let wal = WalOptions { segment_bytes: 2_048, prealloc_bytes: 512 };
+        let storage = match NodeStorage::on_sim_disk(&slot.disk, wal) {
             Ok(s) => s,
             Err(e) => {
                 let detail = format!("{} cannot reopen its storage: {e}", slot.id);
@@ -251,7 +256,7 @@ impl NodeWorld {
         // Now and then the process dies inside the round, at its fsync — after the round's
         // early messages may have left, before anything in it is durable.
         if self.rng.chance(2_000) {
-            slot.disk.arm_crash_on_sync();
+            slot.disk.arm_crash_on_sync(self.rng.range_inclusive(0, 2) as u32);
         }
         if let Err(e) = driver.step(inputs) {
             if slot.disk.detached() {
@@ -543,6 +548,40 @@ impl NodeWorld {
             }
         }
         self.check_data();
+        self.check_log_space();
+    }
+
+    /// Log space comes back: with the clients stopped and the faults healed, every node's log
+    /// gets down to `log_segments_max` segment files within `LOG_RECLAIM_US` — dead segments
+    /// deleted, and groups that kept the oldest one alive compacted. (Polled: a node that
+    /// crashes at an fsync meanwhile needs to catch up first.)
+    fn check_log_space(&mut self) {
+        let deadline = self.now_us + LOG_RECLAIM_US;
+        let bound = Self::store_config(NodeId(1)).log_segments_max;
+        loop {
+            // (node, bytes of records, segment files, the groups that keep the oldest)
+            let over: Vec<(NodeId, u64, usize, Vec<RangeId>)> = self
+                .slots
+                .iter()
+                .filter_map(|s| s.running.as_ref().map(|(_, d)| (s.id, d.storage())))
+                .filter_map(|(id, storage)| {
+                    let (bytes, segments) = storage.log_size();
+                    (segments > bound).then(|| (id, bytes, segments, storage.groups_pinning_log(0)))
+                })
+                .collect();
+            if over.is_empty() || self.violation.is_some() {
+                return;
+            }
+            if self.now_us > deadline || !self.next_event() {
+                let detail = format!(
+                    "log segments (node, bytes of records, files, groups keeping the oldest) still above {bound} {} ms after the \
+                     clients stopped: {over:?}",
+                    LOG_RECLAIM_US / 1000
+                );
+                self.fail("log space", detail);
+                return;
+            }
+        }
     }
 
     /// Every range has a leader that has committed its whole log, and every voter has applied

@@ -88,3 +88,31 @@ impl StorageBackend for FaultyBackend {
         self.inner.close()
     }
 }
+
+/// A log directory whose segment files inject the same faults (and count their fsyncs in the
+/// same `Faults`).
+#[derive(Debug)]
+pub struct FaultyLogDir {
+    inner: Arc<dyn super::wal::LogDir>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyLogDir {
+    pub fn new(inner: Arc<dyn super::wal::LogDir>, faults: Arc<Faults>) -> FaultyLogDir {
+        FaultyLogDir { inner, faults }
+    }
+}
+
+impl super::wal::LogDir for FaultyLogDir {
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        self.inner.segments()
+    }
+
+    fn open_segment(&self, id: u64) -> io::Result<Box<dyn StorageBackend>> {
+        Ok(Box::new(FaultyBackend { inner: self.inner.open_segment(id)?, faults: self.faults.clone() }))
+    }
+
+    fn remove_segment(&self, id: u64) -> io::Result<()> {
+        self.inner.remove_segment(id)
+    }
+}

@@ -1,32 +1,37 @@
-//! Durable state of one node: every group's Raft log and hard state, range descriptors, the
-//! applied index of every group, and the key-value data — all in one redb database.
+//! Durable state of one node: every group's Raft log (in the append-only log of `wal.rs`) and,
+//! in one redb database, hard states, range descriptors, the applied index of every group, and
+//! the key-value data.
 //!
-//! Why one redb database for everything (DESIGN §3 allows a separate log file): a driver round
-//! then needs exactly one write transaction and one fsync for *all* groups. Committed entries
-//! are applied into memory (the overlay, see [`Overlay`]) and reach the data table in a
-//! checkpoint, together with the applied indexes: after a restart a group re-applies exactly
-//! the entries after its stored applied index. The alternative (a checksummed append-only log
-//! file beside redb) is recorded in `docs/storage.md`, with the measurement that now argues
-//! for it.
+//! A driver round writes its log entries — for *all* groups — as one record of the log: one
+//! `pwrite`, one `fdatasync`. Term and vote changes, snapshot installs, checkpoints and
+//! compactions go into one redb write transaction, committed *before* the log record (a
+//! record may count on a snapshot install of its round; a vote is never lost behind a record).
+//! Committed entries are applied into memory (the overlay, see [`Overlay`]) and reach the data
+//! table in a checkpoint, together with the applied indexes: after a restart a group re-applies
+//! exactly the entries after its stored applied index.
 //!
-//! Disk access goes through redb's `StorageBackend` trait: a file in production, redb's
-//! `InMemoryBackend` in tests and the simulator, and `FaultyBackend` (see `faulty.rs`) to inject
-//! failed fsyncs and full disks. All three pass the same conformance tests.
+//! Disk access goes through redb's `StorageBackend` trait: files in production, a simulated
+//! crashable disk (`SimDisk`) in tests and the simulator, and `FaultyBackend` (see `faulty.rs`)
+//! to inject failed fsyncs and full disks. All pass the same conformance tests.
 //!
 //! Invariants:
-//! - a `Round` is all-or-nothing: either every change in it is durable, or none is;
+//! - a `Round` is all-or-nothing as far as anyone was told: its effects are acknowledged only
+//!   after every part of it is durable; a crash midway leaves a prefix (its redb transaction
+//!   without its log record) that is itself a valid state;
 //! - a group's stored applied index and the data table move together (checkpoint, snapshot
 //!   install), and the log is never compacted past the stored applied index;
 //! - a failed commit poisons the store (`StorageError::Poisoned`): fsync failures are never
 //!   retried, because the kernel may have dropped the dirty pages (the "fsyncgate" lesson);
-//! - the log is one record per round (every group's new entries), stored with a CRC-32C of
-//!   its encoding; a mismatch on load is `StorageError::Corrupt`, never a silently applied
-//!   entry (format 3);
+//! - the log is one record per round (every group's new entries), stored with a CRC-32C; a
+//!   mismatch on load is `StorageError::Corrupt` (or, at the very tail, a torn write that was
+//!   never acknowledged), never a silently applied entry (format 4);
+//! - a log segment is deleted only after a durable redb commit made every record in it dead;
 //! - every value is stored with a CRC-32C of its key and value; a mismatch on read is
 //!   `StorageError::Corrupt`, never a served value (format 2).
 
 mod faulty;
 mod simdisk;
+mod wal;
 mod writeback;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -37,18 +42,14 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-pub use faulty::{Faults, FaultyBackend};
+pub use faulty::{Faults, FaultyBackend, FaultyLogDir};
 pub use simdisk::SimDisk;
+pub use wal::{FsLogDir, LogDir, WalOptions};
 pub use writeback::WritebackBackend;
 
 use crate::ids::RangeId;
 use crate::raft::{Entry, HardState, InitialState, LogIndex, NodeId, Snapshot, SnapshotMeta};
 
-/// Round sequence number → checksummed record of every entry the round appended, for all
-/// groups at once (`LogRecord`). One record per round keeps the log's writes sequential: one
-/// insert at the tail of one B-tree, however many groups took entries (keying entries by
-/// (range, index) dirtied one leaf page per group per round).
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log_rounds");
 /// range → `GroupRecord`.
 const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_groups");
 /// Key-value pairs in key order.
@@ -62,7 +63,7 @@ const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// On-disk format version; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -221,28 +222,6 @@ fn open_value(key: &[u8], stored: &[u8]) -> Result<Vec<u8>, StorageError> {
     Ok(value.to_vec())
 }
 
-/// A CRC-32C, then the postcard encoding of `value`, encoded in place into a buffer of about
-/// `size_hint` bytes (a round's log record is tens of KiB: growing a vector from empty copied
-/// it a dozen times).
-fn encode_checked<T: Serialize>(value: &T, size_hint: usize) -> Result<Vec<u8>, StorageError> {
-    let mut out = Vec::with_capacity(size_hint + 4);
-    out.extend_from_slice(&[0; 4]);
-    let mut out = postcard::to_extend(value, out).map_err(|e| StorageError::Io(format!("encode: {e}")))?;
-    let sum = crc32c(&out[4..]);
-    out[..4].copy_from_slice(&sum.to_le_bytes());
-    Ok(out)
-}
-
-fn decode_checked<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StorageError> {
-    let corrupt = |why: &str| StorageError::Corrupt(format!("{what}: {why}"));
-    let (sum, body) = bytes.split_at_checked(4).ok_or_else(|| corrupt("shorter than its checksum"))?;
-    let sum = u32::from_le_bytes(sum.try_into().map_err(|_| corrupt("bad checksum field"))?);
-    if crc32c(body) != sum {
-        return Err(corrupt("checksum mismatch"));
-    }
-    postcard::from_bytes(body).map_err(|e| corrupt(&format!("undecodable: {e}")))
-}
-
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StorageError> {
     postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
 }
@@ -258,6 +237,10 @@ pub struct NodeStorage {
     poisoned: Arc<AtomicBool>,
     log: Arc<std::sync::Mutex<LogState>>,
     overlay: Arc<std::sync::Mutex<Overlay>>,
+    wal: Arc<std::sync::Mutex<wal::Wal>>,
+    /// A redb commit without an fsync has not been followed by one with: log segments may not
+    /// be deleted on the strength of it.
+    redb_unsynced: Arc<AtomicBool>,
 }
 
 /// Key-value writes not in the data table yet, in key order: `None` is a deletion.
@@ -407,23 +390,124 @@ fn writes_in<'w>(
 type LogRecord = Vec<(u64, Vec<Entry>)>;
 
 /// The in-memory index of the log's round records, kept in step with committed rounds.
+///
+/// Segments are deleted oldest first only, so a record on disk always has every newer record
+/// beside it: where a newer record replaced some of its entries (a new leader's suffix), that
+/// replacing holds at every load. A record's replaced entries are therefore as good as gone,
+/// and a segment may go once every record in it holds, for every range, nothing the range's
+/// log still has above its compaction point. (Deleting from the middle would need the stricter
+/// rule of format 3: every older record of the range clear as well.)
 #[derive(Debug, Default)]
 struct LogState {
     /// The sequence number the next record gets.
     next_seq: u64,
-    /// Every stored record: range → the last index it holds for that range.
-    live: BTreeMap<u64, BTreeMap<u64, u64>>,
-    /// The same, by range: range → record → last index.
-    by_range: HashMap<u64, BTreeMap<u64, u64>>,
+    /// Every record on disk: sequence number → the ranges it still counts for.
+    records: BTreeMap<u64, Vec<u64>>,
+    /// range → record → (first, last): the record's entries for the range that are still
+    /// the range's log — none when last < first (newer records replaced them all). By
+    /// construction the lasts never decrease from one record to the next.
+    by_range: HashMap<u64, BTreeMap<u64, (u64, u64)>>,
     /// range → entries up to this index are compacted away (or replaced by a snapshot).
     compacted: HashMap<u64, u64>,
     /// range → its `GroupRecord::log_from_seq` (storage's own bookkeeping: `put_group` fills
     /// it in, whatever the caller's copy of the record says).
     from_seq: HashMap<u64, u64>,
-    /// Every group's entries as of the last full read of the log (`load_log`), for
+    /// Every record with a smaller sequence number is clear (holds nothing any range's log still
+    /// needs). Clear stays clear — compaction points only rise, replaced entries stay
+    /// replaced — so the scan for deletable segments resumes here instead of starting over.
+    clear_before: u64,
+    /// Look for deletable segments in the next round even without a compaction in it (after a
+    /// restart, or when the host found the oldest segment unneeded).
+    recheck: bool,
+    /// Every group's entries as of the last full read of the log (`LogLoader`), for
     /// `load_group`; valid until a round changes the log.
     loaded: HashMap<u64, Vec<Entry>>,
     loaded_valid: bool,
+}
+
+/// Rebuilds every group's entries from the log's records, read once, in order: a record's
+/// entries for a range replace that range's entries from their first index on (a new leader's
+/// suffix wins); records older than a group's last snapshot install
+/// (`GroupRecord::log_from_seq`) do not count for it; entries at or below the group's snapshot
+/// are dropped.
+struct LogLoader {
+    records: HashMap<u64, GroupRecord>,
+    entries: HashMap<u64, Vec<Entry>>,
+    state: LogState,
+}
+
+impl LogLoader {
+    fn new(db: &Database) -> Result<LogLoader, StorageError> {
+        let txn = db.begin_read().map_err(io)?;
+        let groups = txn.open_table(GROUPS).map_err(io)?;
+        let mut records: HashMap<u64, GroupRecord> = HashMap::new();
+        for row in groups.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            records.insert(k.value(), decode("group record", v.value())?);
+        }
+        Ok(LogLoader { records, entries: HashMap::new(), state: LogState::default() })
+    }
+
+    fn visit(&mut self, seq: u64, body: &[u8]) -> Result<(), StorageError> {
+        let record: LogRecord = decode(&format!("log record {seq}"), body)?;
+        let mut spans = BTreeMap::new();
+        for (range, mut new) in record {
+            let Some(last) = new.last() else { continue };
+            spans.insert(range, (new[0].index.0, last.index.0));
+            let group = self.records.get(&range);
+            if group.is_some_and(|r| seq < r.log_from_seq) {
+                continue;
+            }
+            // The record's entries replace everything from its first index on — even when
+            // they are all compacted away themselves, their replacing still counts.
+            let have = self.entries.entry(range).or_default();
+            let keep = have.partition_point(|e| e.index < new[0].index);
+            have.truncate(keep);
+            // Entries a compaction already dropped may survive in a record another group
+            // still needs: skip them, so that a deleted record in between is no gap.
+            let upto = group.and_then(|r| r.snapshot.as_ref()).map_or(0, |s| s.index.0);
+            new.retain(|e| e.index.0 > upto);
+            let Some(first) = new.first() else { continue };
+            if let Some(prev) = have.last() {
+                if prev.index.0 > upto && prev.index.next() != first.index {
+                    return Err(StorageError::Corrupt(format!(
+                        "log of r{range} has a gap: {} after {} (record {seq})",
+                        first.index, prev.index
+                    )));
+                }
+            }
+            have.extend(new);
+        }
+        self.state.add_record(seq, &spans);
+        Ok(())
+    }
+
+    /// The index of the log's records, and the group records. `next_seq_floor`: what the log
+    /// itself says the next sequence number must reach.
+    fn finish(self, next_seq_floor: u64) -> (LogState, HashMap<u64, GroupRecord>) {
+        let LogLoader { records, mut entries, mut state } = self;
+        state.next_seq = state.next_seq.max(next_seq_floor);
+        // Records from before a group's snapshot install hold nothing for it.
+        for (range, record) in &records {
+            state.forget_before(*range, record.log_from_seq);
+            state.from_seq.insert(*range, record.log_from_seq);
+            // Sequence numbers never go back: records at the tail may have been deleted, but
+            // a snapshot install may have pointed past them.
+            state.next_seq = state.next_seq.max(record.log_from_seq);
+        }
+        for (range, record) in &records {
+            let upto = record.snapshot.as_ref().map_or(0, |s| s.index.0);
+            state.compacted.insert(*range, upto);
+            if let Some(have) = entries.get_mut(range) {
+                have.retain(|e| e.index.0 > upto);
+            }
+        }
+        // Segments may have become deletable before the restart without being deleted.
+        state.recheck = true;
+        state.loaded = entries;
+        state.loaded_valid = true;
+        (state, records)
+    }
 }
 
 impl std::fmt::Debug for NodeStorage {
@@ -433,7 +517,8 @@ impl std::fmt::Debug for NodeStorage {
 }
 
 impl NodeStorage {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens (or creates) the database file at `path`, and the log beside it (the directory
+    /// `path` with the extension `wal`).
     pub fn open(path: &Path) -> Result<NodeStorage, StorageError> {
         let db = Database::create(path).map_err(|e| {
             let text = format!("{}: {e}", path.display());
@@ -443,7 +528,14 @@ impl NodeStorage {
                 _ => StorageError::Io(text),
             }
         })?;
-        NodeStorage::init(db)
+        NodeStorage::init(db, NodeStorage::log_dir(path, false)?, WalOptions::default())
+    }
+
+    fn log_dir(path: &Path, writeback: bool) -> Result<Arc<dyn LogDir>, StorageError> {
+        let dir = path.with_extension("wal");
+        let log = FsLogDir::new(dir.clone(), writeback)
+            .map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))?;
+        Ok(Arc::new(log))
     }
 
     /// Like [`open`](Self::open), but every write stays in this process's memory until an
@@ -459,35 +551,39 @@ impl NodeStorage {
             .map_err(|e| fail(&e))?;
         let backend = WritebackBackend::new(file).map_err(|e| fail(&e))?;
         let db = Database::builder().create_with_backend(backend).map_err(|e| fail(&e))?;
-        NodeStorage::init(db)
+        NodeStorage::init(db, NodeStorage::log_dir(path, true)?, WalOptions::default())
     }
 
-    /// A database in memory (tests, simulator).
+    /// A node's storage in memory (tests, benchmarks).
     pub fn in_memory() -> Result<NodeStorage, StorageError> {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| StorageError::Io(e.to_string()))?;
-        NodeStorage::init(db)
+        NodeStorage::with_backend(redb::backends::InMemoryBackend::new())
     }
 
-    /// A database on any redb backend (fault injection).
+    /// A database on any redb backend (fault injection), its log in memory.
     pub fn with_backend(backend: impl redb::StorageBackend) -> Result<NodeStorage, StorageError> {
+        NodeStorage::with_backends(backend, Arc::new(SimDisk::new()), WalOptions::default())
+    }
+
+    /// The database on `backend`, the log's segments in `log`.
+    pub fn with_backends(
+        backend: impl redb::StorageBackend,
+        log: Arc<dyn LogDir>,
+        opts: WalOptions,
+    ) -> Result<NodeStorage, StorageError> {
         let db =
             Database::builder().create_with_backend(backend).map_err(|e| StorageError::Io(e.to_string()))?;
-        NodeStorage::init(db)
+        NodeStorage::init(db, log, opts)
     }
 
-    fn init(db: Database) -> Result<NodeStorage, StorageError> {
-        let storage = NodeStorage {
-            db: Arc::new(db),
-            poisoned: Arc::new(AtomicBool::new(false)),
-            log: Arc::new(std::sync::Mutex::new(LogState::default())),
-            overlay: Arc::new(std::sync::Mutex::new(Overlay::default())),
-        };
+    /// The database and the log on one simulated disk, which crashes them together.
+    pub fn on_sim_disk(disk: &SimDisk, opts: WalOptions) -> Result<NodeStorage, StorageError> {
+        NodeStorage::with_backends(disk.clone(), Arc::new(disk.clone()), opts)
+    }
+
+    fn init(db: Database, log: Arc<dyn LogDir>, opts: WalOptions) -> Result<NodeStorage, StorageError> {
         // Create every table so that read transactions never meet a missing one.
-        let txn = storage.db.begin_write().map_err(io)?;
+        let txn = db.begin_write().map_err(io)?;
         {
-            txn.open_table(LOG).map_err(io)?;
             txn.open_table(GROUPS).map_err(io)?;
             txn.open_table(RANGES).map_err(io)?;
             txn.open_table(DATA).map_err(io)?;
@@ -506,16 +602,25 @@ impl NodeStorage {
             }
         }
         txn.commit().map_err(io)?;
-        let records = storage.load_log()?;
-        {
-            let mut overlay = storage.overlay();
-            overlay.applied = records.iter().map(|(&r, record)| (r, record.applied)).collect();
-            overlay.stored = records
+        let mut loader = LogLoader::new(&db)?;
+        let wal = wal::Wal::open(log, opts, |seq, body| loader.visit(seq, body))?;
+        let (state, records) = loader.finish(wal.next_seq_floor());
+        let overlay = Overlay {
+            applied: records.iter().map(|(&r, record)| (r, record.applied)).collect(),
+            stored: records
                 .iter()
                 .map(|(&r, record)| Ok((r, StoredRecord::new(record)?)))
-                .collect::<Result<_, _>>()?;
-        }
-        Ok(storage)
+                .collect::<Result<_, StorageError>>()?,
+            ..Overlay::default()
+        };
+        Ok(NodeStorage {
+            db: Arc::new(db),
+            poisoned: Arc::new(AtomicBool::new(false)),
+            log: Arc::new(std::sync::Mutex::new(state)),
+            overlay: Arc::new(std::sync::Mutex::new(overlay)),
+            wal: Arc::new(std::sync::Mutex::new(wal)),
+            redb_unsynced: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
@@ -535,82 +640,55 @@ impl NodeStorage {
         self.overlay().stored.get(&range.0).map_or(LogIndex::ZERO, |r| r.applied)
     }
 
+    /// When the log spans more than `segments_max` segment files: the groups with live
+    /// entries in the oldest one, which keep it on disk.
+    /// When none do, the next round looks for segments to delete.
+    pub fn groups_pinning_log(&self, segments_max: usize) -> Vec<RangeId> {
+        let closed = self.wal().closed_segments();
+        let Some(&(_, to)) = closed.first() else { return Vec::new() };
+        let mut state = self.log_state();
+        let clear_before = state.advance_clear(&[], &[]);
+        state.clear_before = clear_before;
+        if clear_before >= to {
+            state.recheck = true;
+            return Vec::new();
+        }
+        if closed.len() < segments_max {
+            return Vec::new();
+        }
+        state.pinning(clear_before, to).into_iter().map(RangeId).collect()
+    }
+
+    /// Whether a round should run to delete log segments (see `groups_pinning_log`).
+    /// (It runs only then, not in every round: the host calls this a few times a second.)
+    pub fn log_recheck_due(&self) -> bool {
+        self.log_state().recheck
+    }
+
+    /// Bytes of records in the log and its number of segment files.
+    pub fn log_size(&self) -> (u64, usize) {
+        self.wal().size()
+    }
+
     fn log_state(&self) -> std::sync::MutexGuard<'_, LogState> {
         self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reads every round record once, in order, and rebuilds each group's entries: a record's
-    /// entries for a range replace that range's entries from their first index on; records
-    /// older than a group's last snapshot install (`GroupRecord::log_from_seq`) do not count
-    /// for it; entries at or below the group's snapshot are dropped.
-    fn load_log(&self) -> Result<HashMap<u64, GroupRecord>, StorageError> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let groups = txn.open_table(GROUPS).map_err(io)?;
-        let mut records: HashMap<u64, GroupRecord> = HashMap::new();
-        for row in groups.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            records.insert(k.value(), decode("group record", v.value())?);
-        }
-        let log = txn.open_table(LOG).map_err(io)?;
-        let mut state = LogState::default();
-        let mut entries: HashMap<u64, Vec<Entry>> = HashMap::new();
-        for row in log.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            let seq = k.value();
-            let record: LogRecord = decode_checked(&format!("log record {seq}"), v.value())?;
-            let mut lasts = BTreeMap::new();
-            for (range, mut new) in record {
-                let Some(last) = new.last() else { continue };
-                lasts.insert(range, last.index.0);
-                let group = records.get(&range);
-                if group.is_some_and(|r| seq < r.log_from_seq) {
-                    continue;
-                }
-                // The record's entries replace everything from its first index on — even when
-                // they are all compacted away themselves, their replacing still counts.
-                let have = entries.entry(range).or_default();
-                let keep = have.partition_point(|e| e.index < new[0].index);
-                have.truncate(keep);
-                // Entries a compaction already dropped may survive in a record another group
-                // still needs: skip them, so that a deleted record in between is no gap.
-                let upto = group.and_then(|r| r.snapshot.as_ref()).map_or(0, |s| s.index.0);
-                new.retain(|e| e.index.0 > upto);
-                let Some(first) = new.first() else { continue };
-                if let Some(prev) = have.last() {
-                    if prev.index.0 > upto && prev.index.next() != first.index {
-                        return Err(StorageError::Corrupt(format!(
-                            "log of r{range} has a gap: i{} after i{} (record {seq})",
-                            first.index, prev.index
-                        )));
-                    }
-                }
-                have.extend(new);
-            }
-            for (&range, &last) in &lasts {
-                state.by_range.entry(range).or_default().insert(seq, last);
-            }
-            state.live.insert(seq, lasts);
-            state.next_seq = seq + 1;
-        }
-        // Records from before a group's snapshot install hold nothing for it.
-        for (range, record) in &records {
-            state.forget_before(*range, record.log_from_seq);
-            state.from_seq.insert(*range, record.log_from_seq);
-            // Sequence numbers never go back: records at the tail may have been deleted, but
-            // a snapshot install may have pointed past them.
-            state.next_seq = state.next_seq.max(record.log_from_seq);
-        }
-        for (range, record) in &records {
-            let upto = record.snapshot.as_ref().map_or(0, |s| s.index.0);
-            state.compacted.insert(*range, upto);
-            if let Some(have) = entries.get_mut(range) {
-                have.retain(|e| e.index.0 > upto);
-            }
-        }
-        state.loaded = entries;
-        state.loaded_valid = true;
-        *self.log_state() = state;
-        Ok(records)
+    fn wal(&self) -> std::sync::MutexGuard<'_, wal::Wal> {
+        self.wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads the whole log again (see [`LogLoader`]) for `load_group`, after rounds changed it.
+    fn reload_log(&self) -> Result<(), StorageError> {
+        let mut loader = LogLoader::new(&self.db)?;
+        let wal = self.wal();
+        wal.read_all(|seq, body| loader.visit(seq, body))?;
+        let (state, _) = loader.finish(wal.next_seq_floor());
+        let mut have = self.log_state();
+        // The index of live records stays the running one's (it knows which are dead already).
+        have.loaded = state.loaded;
+        have.loaded_valid = true;
+        Ok(())
     }
 
     fn check_poison(&self) -> Result<(), StorageError> {
@@ -693,13 +771,13 @@ impl NodeStorage {
         let record: GroupRecord = decode("group record", record.value())?;
         let first = record.snapshot.as_ref().map_or(0, |s| s.index.0) + 1;
         if !self.log_state().loaded_valid {
-            let _ = self.load_log()?;
+            self.reload_log()?;
         }
         let entries = self.log_state().loaded.get(&range.0).cloned().unwrap_or_default();
         if let Some(e) = entries.first() {
             if e.index.0 != first {
                 return Err(StorageError::Corrupt(format!(
-                    "log of {range} starts at i{} but its snapshot ends at i{}",
+                    "log of {range} starts at {} but its snapshot ends at i{}",
                     e.index,
                     first - 1
                 )));
@@ -840,64 +918,122 @@ fn visit_data(
 }
 
 impl LogState {
+    /// Indexes record `seq`, holding entries `first..=last` for each of its ranges: they
+    /// replace the range's entries from `first` on in every older record.
+    fn add_record(&mut self, seq: u64, spans: &BTreeMap<u64, (u64, u64)>) {
+        for (&range, &(first, last)) in spans {
+            let seqs = self.by_range.entry(range).or_default();
+            for (_, (_, older_last)) in seqs.iter_mut().rev() {
+                if *older_last < first {
+                    break;
+                }
+                *older_last = first.saturating_sub(1);
+            }
+            seqs.insert(seq, (first, last));
+        }
+        self.records.insert(seq, spans.keys().copied().collect());
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Whether record `seq` holds nothing of `range`'s log above `upto`.
+    fn clear(&self, seq: u64, range: u64, upto: u64) -> bool {
+        match self.by_range.get(&range).and_then(|seqs| seqs.get(&seq)) {
+            None => true,
+            Some(&(first, last)) => last < first || last <= upto,
+        }
+    }
+
+    /// The ranges with something above their compaction point in the records `from..to` (in
+    /// the first thousand of them: compacting those lets the scan move on).
+    fn pinning(&self, from: u64, to: u64) -> BTreeSet<u64> {
+        let mut out = BTreeSet::new();
+        for (&seq, ranges) in self.records.range(from..to).take(1_000) {
+            for &r in ranges {
+                if !self.clear(seq, r, self.compacted.get(&r).copied().unwrap_or(0)) {
+                    out.insert(r);
+                }
+            }
+        }
+        out
+    }
+
+    /// Where `clear_before` gets to once a round with these compactions and snapshot installs
+    /// commits: the first record from it on that is not clear then.
+    fn advance_clear(&self, compactions: &[(u64, u64)], reset: &[u64]) -> u64 {
+        let upto = |r: u64| -> u64 {
+            if reset.contains(&r) {
+                return u64::MAX;
+            }
+            let base = self.compacted.get(&r).copied().unwrap_or(0);
+            compactions.iter().filter(|(x, _)| *x == r).map(|&(_, u)| u).fold(base, u64::max)
+        };
+        for (&seq, ranges) in self.records.range(self.clear_before..) {
+            if !ranges.iter().all(|&r| self.clear(seq, r, upto(r))) {
+                return seq;
+            }
+        }
+        self.next_seq.max(self.clear_before)
+    }
+
+    /// The oldest of the `closed` segments (first sequence number, first of the next), in
+    /// order, whose every record is below `clear_before`.
+    fn dead_segments(closed: &[(u64, u64)], clear_before: u64) -> Vec<(u64, u64)> {
+        closed.iter().take_while(|&&(_, to)| to <= clear_before).copied().collect()
+    }
+
+    /// Forgets the records of deleted segments.
+    fn remove_records(&mut self, from: u64, to: u64) {
+        let gone: Vec<u64> = self.records.range(from..to).map(|(&s, _)| s).collect();
+        for seq in gone {
+            for range in self.records.remove(&seq).unwrap_or_default() {
+                if let Some(seqs) = self.by_range.get_mut(&range) {
+                    seqs.remove(&seq);
+                }
+            }
+        }
+    }
+
     /// Records older than `seq` hold nothing for `range` any more.
     fn forget_before(&mut self, range: u64, seq: u64) {
         let Some(seqs) = self.by_range.get_mut(&range) else { return };
         let older: Vec<u64> = seqs.range(..seq).map(|(&s, _)| s).collect();
         for s in older {
             seqs.remove(&s);
-            if let Some(l) = self.live.get_mut(&s) {
-                l.remove(&range);
+            if let Some(ranges) = self.records.get_mut(&s) {
+                ranges.retain(|&r| r != range);
             }
         }
     }
 
-    /// Records that may be deleted once a round with these compactions and snapshot installs
-    /// commits. A record may go when, for every range in it, it and every older record of
-    /// that range hold nothing above the range's compaction point — "every older" because a
-    /// record's entries may have been replaced by a newer record's: deleting the newer one
-    /// while an older one survives (kept by another range) would bring the replaced entries
-    /// back on the next load, unless they are below the compaction point and so skipped.
-    fn dead_records(&self, compactions: &[(u64, u64)], reset: &[u64]) -> Vec<u64> {
-        if compactions.is_empty() && reset.is_empty() {
-            return Vec::new();
+    /// Follows a committed round: record `seq` holds `spans` (if any), the `deleted` segments
+    /// are gone, and the compactions and snapshot installs took effect.
+    fn committed(
+        &mut self,
+        seq: u64,
+        spans: &BTreeMap<u64, (u64, u64)>,
+        deleted: &[(u64, u64)],
+        compactions: &[(u64, u64)],
+        reset: &[u64],
+    ) {
+        if !spans.is_empty() || !compactions.is_empty() || !reset.is_empty() {
+            self.loaded_valid = false;
+            self.loaded = HashMap::new();
         }
-        let compacted = |r: u64| -> u64 {
-            let base = self.compacted.get(&r).copied().unwrap_or(0);
-            compactions.iter().filter(|(x, _)| *x == r).map(|&(_, u)| u).fold(base, u64::max)
-        };
-        // range → the newest record up to which every record of the range is clear.
-        let mut clear: HashMap<u64, Option<u64>> = HashMap::new();
-        let mut clear_upto = |r: u64| -> Option<u64> {
-            *clear.entry(r).or_insert_with(|| {
-                if reset.contains(&r) {
-                    return Some(u64::MAX);
-                }
-                let c = compacted(r);
-                let mut upto = None;
-                for (&s, &last) in self.by_range.get(&r)?.iter() {
-                    if last > c {
-                        break;
-                    }
-                    upto = Some(s);
-                }
-                upto
-            })
-        };
-        let mut candidates = std::collections::BTreeSet::new();
-        for r in compactions.iter().map(|&(r, _)| r).chain(reset.iter().copied()) {
-            if let (Some(upto), Some(seqs)) = (clear_upto(r), self.by_range.get(&r)) {
-                candidates.extend(seqs.range(..=upto).map(|(&s, _)| s));
-            }
+        for &(range, upto) in compactions {
+            let c = self.compacted.entry(range).or_insert(0);
+            *c = (*c).max(upto);
         }
-        candidates
-            .into_iter()
-            .filter(|s| {
-                self.live
-                    .get(s)
-                    .is_some_and(|lasts| lasts.keys().all(|&r| clear_upto(r).is_some_and(|u| u >= *s)))
-            })
-            .collect()
+        for &range in reset {
+            // Records from before the install hold nothing this range needs.
+            self.forget_before(range, seq);
+            self.from_seq.insert(range, seq);
+        }
+        for &(from, to) in deleted {
+            self.remove_records(from, to);
+        }
+        if !spans.is_empty() {
+            self.add_record(seq, spans);
+        }
     }
 }
 
@@ -1177,7 +1313,13 @@ impl Round<'_> {
     /// Commits the round; with `durable == false` without an fsync. Such a commit is visible
     /// to readers at once and becomes durable with the next durable commit; a crash before that
     /// rolls it back as a whole. The host uses it for rounds that only apply entries that are
-    /// already durable in the log, and for checkpoints. On failure the store is poisoned.
+    /// already durable in the log, for checkpoints and for compactions. On failure the store is
+    /// poisoned.
+    ///
+    /// Order: the redb transaction first (term and vote changes, snapshot installs,
+    /// checkpoints, compactions), then the round's log record, then the deletion of log
+    /// segments that hold nothing needed any more — those only once a durable redb commit has
+    /// recorded the compactions that emptied them.
     pub fn commit_with(mut self, durable: bool) -> Result<(), StorageError> {
         let storage = self.storage;
         let writes = std::mem::take(&mut self.writes);
@@ -1191,15 +1333,14 @@ impl Round<'_> {
             Checkpoint::All => ranges.extend(overlay.pending.iter().copied()),
             Checkpoint::Ranges(covered) => ranges.extend(covered.keys().copied()),
         }
-        // Write transactions are serialized by redb, so the log index cannot move between
-        // this read of it and the update after the commit; its lock is not held over the fsync.
-        let (seq, dead, from_seq) = {
+        // Only the driver commits rounds, so the log index cannot move between this read of it
+        // and the update after the commit; its lock is not held over the fsyncs.
+        let (seq, from_seq) = {
             let state = storage.log_state();
-            let dead = state.dead_records(&self.compactions, &self.reset);
             // Only the ranges this round stores: the whole map is O(groups) per round.
             let from_seq: HashMap<u64, u64> =
                 ranges.iter().filter_map(|r| state.from_seq.get(r).map(|&s| (*r, s))).collect();
-            (state.next_seq, dead, from_seq)
+            (state.next_seq, from_seq)
         };
         let mut store = Vec::new();
         for range in ranges {
@@ -1223,28 +1364,48 @@ impl Round<'_> {
                 store.push((range, StoredRecord::new(&record)?));
             }
         }
+        // Where the logs are compacted once this round is in: a stored snapshot is what a
+        // load drops entries up to (the host may also compact without `truncate_prefix`, as
+        // when it rebuilds a snapshot at a restart).
+        let mut compactions = std::mem::take(&mut self.compactions);
+        compactions
+            .extend(store.iter().filter_map(|(r, s)| s.durable.snapshot.map(|(index, _)| (*r, index.0))));
+        let (dead_segments, clear_before) = {
+            let mut state = storage.log_state();
+            if compactions.is_empty() && self.reset.is_empty() && !state.recheck {
+                (Vec::new(), None)
+            } else {
+                state.recheck = false;
+                let clear_before = state.advance_clear(&compactions, &self.reset);
+                (LogState::dead_segments(&storage.wal().closed_segments(), clear_before), Some(clear_before))
+            }
+        };
         // The round's entries: one record at the tail.
-        let lasts: BTreeMap<u64, u64> =
-            self.appended.iter().filter_map(|(r, es)| es.last().map(|e| (*r, e.index.0))).collect();
+        let spans: BTreeMap<u64, (u64, u64)> = self
+            .appended
+            .iter()
+            .filter_map(|(r, es)| Some((*r, (es.first()?.index.0, es.last()?.index.0))))
+            .collect();
         // The checkpoint's writes: older overlay writes outside the spans a snapshot replaced
         // in this round, then this round's (a key in both: the round's comes second and wins).
         let replaced = &self.replaced;
         let mut flush = self.checkpoint.select(&overlay.data);
         flush.retain(|(k, _)| !replaced.iter().any(|(s, e)| in_span(k, s, e)));
         flush.extend(self.checkpoint.select(&writes));
+        // Segments are deleted only behind a durable redb commit: this one, if need be.
+        let redb_durable = durable || !dead_segments.is_empty();
         let needed = self.txn.is_some()
-            || !lasts.is_empty()
-            || !dead.is_empty()
             || !store.is_empty()
-            || !flush.is_empty();
+            || !flush.is_empty()
+            || (!dead_segments.is_empty() && storage.redb_unsynced.load(Ordering::Acquire));
         if needed {
-            if let Err(e) = self.write_txn(seq, &lasts, &dead, &store, &flush, durable) {
+            if let Err(e) = self.write_txn(&store, &flush, redb_durable) {
                 storage.poisoned.store(true, Ordering::Release);
                 return Err(e);
             }
+            storage.redb_unsynced.store(!redb_durable, Ordering::Release);
         }
         drop(flush);
-        storage.log_state().committed(seq, lasts, &dead, &self.compactions, &self.reset);
         for (start, end) in &self.replaced {
             overlay.drop_span(start, end);
         }
@@ -1282,6 +1443,51 @@ impl Round<'_> {
             }
             assert!(!overlay.pending.contains(&range), "r{range} still unflushed after its checkpoint");
         }
+        drop(overlay);
+        if let Err(e) = self.write_log(seq, !spans.is_empty()) {
+            storage.poisoned.store(true, Ordering::Release);
+            return Err(e);
+        }
+        {
+            let mut state = storage.log_state();
+            state.committed(seq, &spans, &dead_segments, &compactions, &self.reset);
+            if let Some(clear_before) = clear_before {
+                state.clear_before = state.clear_before.max(clear_before);
+            }
+        }
+        if !dead_segments.is_empty() {
+            let mut wal = storage.wal();
+            for (id, _) in dead_segments {
+                // Not fatal: the records are dead, the file only takes space; the next
+                // compaction tries again.
+                if let Err(e) = wal.remove(id) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the round's log record, if it appended anything, and syncs it: a record is
+    /// always durable before the next round (a later record's replacing of its entries may
+    /// decide which segments are deleted).
+    fn write_log(&mut self, seq: u64, any: bool) -> Result<(), StorageError> {
+        let appended = std::mem::take(&mut self.appended);
+        let mut wal = self.storage.wal();
+        if any {
+            let size_hint: usize = appended
+                .iter()
+                .flat_map(|(_, entries)| entries)
+                .map(|e| match &e.payload {
+                    crate::raft::EntryPayload::Normal(data) => data.len() + 24,
+                    _ => 64,
+                })
+                .sum();
+            let frame = wal::encode_frame(seq, &appended, size_hint + 16)?;
+            wal.append(seq, &frame)?;
+            wal.sync()?;
+            metrics::counter!("flotilla_storage_wal_bytes_total").increment(frame.len() as u64);
+        }
         Ok(())
     }
 
@@ -1289,32 +1495,11 @@ impl Round<'_> {
     /// the data table, in order.
     fn write_txn(
         &mut self,
-        seq: u64,
-        lasts: &BTreeMap<u64, u64>,
-        dead: &[u64],
         store: &[(u64, StoredRecord)],
         flush: &[(&Vec<u8>, &Option<Vec<u8>>)],
         durable: bool,
     ) -> Result<(), StorageError> {
-        let appended = std::mem::take(&mut self.appended);
         let txn = self.txn()?;
-        if !lasts.is_empty() || !dead.is_empty() {
-            let mut log = txn.open_table(LOG).map_err(io)?;
-            if !lasts.is_empty() {
-                let size_hint: usize = appended
-                    .iter()
-                    .flat_map(|(_, entries)| entries)
-                    .map(|e| match &e.payload {
-                        crate::raft::EntryPayload::Normal(data) => data.len() + 24,
-                        _ => 64,
-                    })
-                    .sum();
-                log.insert(seq, encode_checked(&appended, size_hint + 16)?.as_slice()).map_err(io)?;
-            }
-            for s in dead {
-                log.remove(*s).map_err(io)?;
-            }
-        }
         if !store.is_empty() {
             let mut t = txn.open_table(GROUPS).map_err(io)?;
             for (range, record) in store {
@@ -1338,49 +1523,6 @@ impl Round<'_> {
         let Some(mut txn) = self.txn.take() else { return Err(StorageError::Io("no transaction".into())) };
         txn.set_durability(durability).map_err(|e| StorageError::Io(e.to_string()))?;
         txn.commit().map_err(io)
-    }
-}
-
-impl LogState {
-    /// Follows a committed round: record `seq` holds `lasts`, the `dead` records are gone, and
-    /// the compactions and snapshot installs took effect.
-    fn committed(
-        &mut self,
-        seq: u64,
-        lasts: BTreeMap<u64, u64>,
-        dead: &[u64],
-        compactions: &[(u64, u64)],
-        reset: &[u64],
-    ) {
-        if !lasts.is_empty() || !dead.is_empty() || !compactions.is_empty() || !reset.is_empty() {
-            self.loaded_valid = false;
-            self.loaded = HashMap::new();
-        }
-        for &(range, upto) in compactions {
-            let c = self.compacted.entry(range).or_insert(0);
-            *c = (*c).max(upto);
-        }
-        for &range in reset {
-            // Records from before the install hold nothing this range needs.
-            self.forget_before(range, seq);
-            self.from_seq.insert(range, seq);
-        }
-        for s in dead {
-            if let Some(in_record) = self.live.remove(s) {
-                for range in in_record.keys() {
-                    if let Some(seqs) = self.by_range.get_mut(range) {
-                        seqs.remove(s);
-                    }
-                }
-            }
-        }
-        if !lasts.is_empty() {
-            for (&range, &last) in &lasts {
-                self.by_range.entry(range).or_default().insert(seq, last);
-            }
-            self.live.insert(seq, lasts);
-            self.next_seq = seq + 1;
-        }
     }
 }
 

@@ -1,16 +1,21 @@
-//! A simulated disk for crash testing: a redb `StorageBackend` whose unsynced writes are lost
-//! when the process "crashes".
+//! A simulated disk for crash testing: the redb file and the log's segment files, whose
+//! unsynced writes are lost when the process "crashes".
 //!
-//! Every write and resize since the last `sync_data` is recorded in an undo log; `crash()`
-//! rolls them back in reverse, leaving exactly the bytes that were synced — what a real disk
-//! holds after power loss if the OS kept nothing. Handles carry an incarnation number: after a
-//! crash, the old process's handle is detached and every call on it fails, so a dropped
-//! database cannot sneak writes in after its "death".
+//! Every write and resize of a file since its last `sync_data` is recorded in that file's undo
+//! log; `crash()` rolls every file back in reverse, leaving exactly the bytes that were synced
+//! — what a real disk holds after power loss if the OS kept nothing. Creating and removing a
+//! segment file is durable at once (the real directory is fsynced after a create; a removal
+//! that a crash undid would only bring back records the log no longer needs). Handles carry an
+//! incarnation number: after a crash, the old process's handles are detached and every call on
+//! them fails, so a dropped database cannot sneak writes in after its "death".
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use redb::StorageBackend;
+
+use super::wal::LogDir;
 
 #[derive(Debug)]
 enum Undo {
@@ -19,17 +24,12 @@ enum Undo {
 }
 
 #[derive(Debug, Default)]
-struct DiskState {
+struct FileState {
     data: Vec<u8>,
     undo: Vec<Undo>,
-    incarnation: u64,
-    syncs: u64,
-    /// The next `sync_data` crashes the process instead of syncing (a crash "at any instant":
-    /// mid-round, after some of the round's messages may already have left).
-    crash_on_sync: bool,
 }
 
-impl DiskState {
+impl FileState {
     fn roll_back(&mut self) {
         while let Some(undo) = self.undo.pop() {
             match undo {
@@ -46,16 +46,40 @@ impl DiskState {
                 }
             }
         }
-        self.incarnation += 1;
-        self.crash_on_sync = false;
     }
 }
 
-/// A handle on a simulated disk, valid for one process incarnation.
+/// Which file of the disk a handle is on: the database, or a log segment.
+type FileId = Option<u64>;
+
+#[derive(Debug, Default)]
+struct DiskState {
+    files: BTreeMap<FileId, FileState>,
+    incarnation: u64,
+    syncs: u64,
+    /// A coming `sync_data` crashes the process instead of syncing (a crash "at any instant":
+    /// mid-round, after some of the round's messages may already have left): the one after
+    /// this many more.
+    crash_on_sync: Option<u32>,
+}
+
+impl DiskState {
+    fn roll_back(&mut self) {
+        for file in self.files.values_mut() {
+            file.roll_back();
+        }
+        self.incarnation += 1;
+        self.crash_on_sync = None;
+    }
+}
+
+/// A handle on a simulated disk, valid for one process incarnation. As a `StorageBackend` it
+/// is the database file; as a [`LogDir`] it holds the log's segments.
 #[derive(Debug, Clone)]
 pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
     incarnation: u64,
+    file: FileId,
 }
 
 impl Default for SimDisk {
@@ -66,96 +90,135 @@ impl Default for SimDisk {
 
 impl SimDisk {
     pub fn new() -> SimDisk {
-        SimDisk { state: Arc::new(Mutex::new(DiskState::default())), incarnation: 0 }
+        SimDisk { state: Arc::new(Mutex::new(DiskState::default())), incarnation: 0, file: None }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DiskState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Loses every unsynced change, detaches all existing handles, and returns a handle for the
     /// next incarnation.
     pub fn crash(&self) -> SimDisk {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         st.roll_back();
-        SimDisk { state: self.state.clone(), incarnation: st.incarnation }
+        SimDisk { state: self.state.clone(), incarnation: st.incarnation, file: None }
     }
 
-    /// Makes the next fsync crash the process: unsynced writes are lost and this handle is
-    /// detached; the fsync fails.
-    pub fn arm_crash_on_sync(&self) {
-        if let Ok(mut st) = self.state.lock() {
-            st.crash_on_sync = true;
-        }
+    /// Makes the fsync after `skip` more crash the process: unsynced writes are lost and every
+    /// handle is detached; the fsync fails. (A round syncs redb, then its log record: skipping
+    /// lands the crash between them.)
+    pub fn arm_crash_on_sync(&self, skip: u32) {
+        self.lock().crash_on_sync = Some(skip);
     }
 
     /// Whether this handle's process has crashed (by `crash` or an armed fsync).
     pub fn detached(&self) -> bool {
-        self.state.lock().map(|st| st.incarnation != self.incarnation).unwrap_or(true)
+        self.lock().incarnation != self.incarnation
     }
 
     /// A handle for the disk's current incarnation (after a crash).
     pub fn reattach(&self) -> SimDisk {
-        let incarnation = self.state.lock().map(|st| st.incarnation).unwrap_or(self.incarnation);
-        SimDisk { state: self.state.clone(), incarnation }
+        let incarnation = self.lock().incarnation;
+        SimDisk { state: self.state.clone(), incarnation, file: None }
     }
 
     pub fn syncs(&self) -> u64 {
-        self.state.lock().map(|s| s.syncs).unwrap_or(0)
+        self.lock().syncs
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut DiskState) -> io::Result<T>) -> io::Result<T> {
-        let mut st = self.state.lock().map_err(|_| io::Error::other("disk lock poisoned"))?;
+        let mut st = self.lock();
         if st.incarnation != self.incarnation {
             return Err(io::Error::other("disk detached: the process using it crashed"));
         }
         f(&mut st)
     }
+
+    fn with_file<T>(&self, f: impl FnOnce(&mut FileState) -> io::Result<T>) -> io::Result<T> {
+        let file = self.file;
+        self.with(|st| f(st.files.entry(file).or_default()))
+    }
 }
 
 fn out_of_range() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "access beyond the end of the simulated disk")
+    io::Error::new(io::ErrorKind::InvalidInput, "access beyond the end of the simulated file")
 }
 
 impl StorageBackend for SimDisk {
     fn len(&self) -> io::Result<u64> {
-        self.with(|st| Ok(st.data.len() as u64))
+        self.with_file(|f| Ok(f.data.len() as u64))
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.with(|st| {
+        self.with_file(|f| {
             let at = usize::try_from(offset).map_err(|_| out_of_range())?;
-            out.copy_from_slice(st.data.get(at..at + out.len()).ok_or_else(out_of_range)?);
+            out.copy_from_slice(f.data.get(at..at + out.len()).ok_or_else(out_of_range)?);
             Ok(())
         })
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.with(|st| {
-            let old_len = st.data.len() as u64;
+        self.with_file(|f| {
+            let old_len = f.data.len() as u64;
             let new = usize::try_from(len).map_err(|_| out_of_range())?;
-            let tail = if len < old_len { st.data[new..].to_vec() } else { Vec::new() };
-            st.undo.push(Undo::Resize { old_len, tail });
-            st.data.resize(new, 0);
+            let tail = if len < old_len { f.data[new..].to_vec() } else { Vec::new() };
+            f.undo.push(Undo::Resize { old_len, tail });
+            f.data.resize(new, 0);
             Ok(())
         })
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let file = self.file;
         self.with(|st| {
-            if st.crash_on_sync {
-                st.roll_back();
-                return Err(io::Error::other("simulated crash during fsync"));
+            match st.crash_on_sync {
+                Some(0) => {
+                    st.roll_back();
+                    return Err(io::Error::other("simulated crash during fsync"));
+                }
+                Some(n) => st.crash_on_sync = Some(n - 1),
+                None => {}
             }
-            st.undo.clear();
+            st.files.entry(file).or_default().undo.clear();
             st.syncs += 1;
             Ok(())
         })
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.with(|st| {
+        self.with_file(|f| {
             let at = usize::try_from(offset).map_err(|_| out_of_range())?;
-            let target = st.data.get(at..at + data.len()).ok_or_else(out_of_range)?;
-            let old = target.to_vec();
-            st.undo.push(Undo::Write { offset, old });
-            st.data[at..at + data.len()].copy_from_slice(data);
+            // Writes past the end grow the file (as a real file does).
+            if f.data.len() < at + data.len() {
+                let old_len = f.data.len() as u64;
+                f.undo.push(Undo::Resize { old_len, tail: Vec::new() });
+                f.data.resize(at + data.len(), 0);
+            }
+            let old = f.data[at..at + data.len()].to_vec();
+            f.undo.push(Undo::Write { offset, old });
+            f.data[at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        })
+    }
+}
+
+impl LogDir for SimDisk {
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        self.with(|st| Ok(st.files.keys().filter_map(|&f| f).collect()))
+    }
+
+    fn open_segment(&self, id: u64) -> io::Result<Box<dyn StorageBackend>> {
+        self.with(|st| {
+            st.files.entry(Some(id)).or_default();
+            Ok(())
+        })?;
+        Ok(Box::new(SimDisk { state: self.state.clone(), incarnation: self.incarnation, file: Some(id) }))
+    }
+
+    fn remove_segment(&self, id: u64) -> io::Result<()> {
+        self.with(|st| {
+            st.files.remove(&Some(id));
             Ok(())
         })
     }

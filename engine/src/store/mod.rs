@@ -113,6 +113,10 @@ pub struct StoreConfig {
     /// every `checkpoint_interval / checkpoint_slices`), so that the driver never stops for a
     /// whole node's worth of writes at once.
     pub checkpoint_slices: u32,
+    /// Once the log spans more segment files than this, the groups whose entries keep the
+    /// oldest one on disk are compacted whatever `log_retain_entries` says (an idle group
+    /// compacts rarely, and a segment is deleted only when no group needs anything in it).
+    pub log_segments_max: usize,
 }
 
 impl StoreConfig {
@@ -135,6 +139,7 @@ impl StoreConfig {
             checkpoint_interval: Duration::from_millis(2_000),
             checkpoint_bytes_max: 64 << 20,
             checkpoint_slices: 8,
+            log_segments_max: 4,
         }
     }
 
@@ -545,6 +550,7 @@ pub fn build(
         last_checkpoint: now,
         checkpoint_phase: 0,
         compact_candidates: BTreeSet::new(),
+        last_log_check: now,
         cfg,
     };
     Ok((handle, driver))
@@ -594,6 +600,8 @@ pub struct Driver {
     /// Groups that applied entries since the last checkpoint: their logs may be compacted
     /// after the next one.
     compact_candidates: BTreeSet<RangeId>,
+    /// When `release_log_segments` last looked.
+    last_log_check: Duration,
 }
 
 impl std::fmt::Debug for Driver {
@@ -632,7 +640,9 @@ impl Driver {
         for input in inputs {
             self.handle(input);
         }
-        if let Err(e) = self.round().and_then(|()| self.maybe_checkpoint()) {
+        if let Err(e) =
+            self.round().and_then(|()| self.maybe_checkpoint()).and_then(|()| self.release_log_segments())
+        {
             let text = format!("storage failure, node stopping: {e}");
             tracing::error!(node = self.cfg.node_id.0, "{text}");
             if let Ok(mut s) = self.status.lock() {
@@ -1128,9 +1138,10 @@ impl Driver {
 
     /// Writes the applied state collected in memory into the data table when it is due (see
     /// `StoreConfig::checkpoint_interval`), then compacts the logs that may now be compacted.
-    /// The checkpoint commits without an fsync: if it is lost in a crash, the groups re-apply
-    /// from the previous one, whose log entries are still there (compaction never passes a
-    /// checkpoint, and it is lost with it).
+    /// The checkpoint commits with an fsync of its own: rounds of appends write only the log,
+    /// so nothing else would make it durable soon (a checkpoint lost in a crash is harmless —
+    /// the groups re-apply from the previous one, whose log entries are still there — but
+    /// redb reuses the pages a commit frees only after a durable one).
     fn maybe_checkpoint(&mut self) -> Result<(), StorageError> {
         let now = self.clock.now();
         let (bytes, groups) = self.storage.unflushed();
@@ -1157,14 +1168,14 @@ impl Driver {
                     .map(|(_, g)| (g.desc.id, g.desc.start.clone(), g.desc.end.clone())),
             );
         }
-        round.commit_with(false)?;
+        round.commit()?;
         self.last_checkpoint = now;
         metrics::counter!("flotilla_storage_checkpoints_total").increment(1);
         metrics::histogram!("flotilla_storage_checkpoint_bytes").record(bytes as f64);
         metrics::histogram!("flotilla_storage_checkpoint_seconds")
             .record(self.clock.now().saturating_sub(now).as_secs_f64());
         let candidates: Vec<RangeId> = std::mem::take(&mut self.compact_candidates).into_iter().collect();
-        self.maybe_compact(&candidates);
+        self.maybe_compact(&candidates, false)?;
         Ok(())
     }
 
@@ -1199,20 +1210,47 @@ impl Driver {
         }
     }
 
+    /// When the log spans more than `log_segments_max` segments, compacts the groups that keep
+    /// the oldest one (checked once per checkpoint slice interval).
+    fn release_log_segments(&mut self) -> Result<(), StorageError> {
+        let now = self.clock.now();
+        let every = self.cfg.checkpoint_interval / self.cfg.checkpoint_slices.max(1);
+        if now.saturating_sub(self.last_log_check) < every {
+            return Ok(());
+        }
+        self.last_log_check = now;
+        let pinning = self.storage.groups_pinning_log(self.cfg.log_segments_max);
+        if !pinning.is_empty() {
+            metrics::counter!("flotilla_storage_wal_forced_compactions_total")
+                .increment(pinning.len() as u64);
+            self.maybe_compact(&pinning, true)?;
+        }
+        if self.storage.log_recheck_due() {
+            // A round of its own deletes the segments nothing needs (after a restart, or once
+            // the last group that needed the oldest one compacted).
+            self.storage.begin_round()?.commit_with(false)?;
+        }
+        Ok(())
+    }
+
     /// Compacts the logs of the given groups, once `2 × log_retain_entries` have been applied
-    /// since their last snapshot and all of it is checkpointed.
-    fn maybe_compact(&mut self, touched: &[RangeId]) {
+    /// since their last snapshot (or, `force`d, anything) and all of it is checkpointed.
+    fn maybe_compact(&mut self, touched: &[RangeId], force: bool) -> Result<(), StorageError> {
         let retain = self.cfg.log_retain_entries;
         let mut compacted = Vec::new();
         for &range in touched {
             let Some(g) = self.groups.get_mut(&range) else { continue };
             let applied = g.record.applied;
-            if applied.0 < g.raft.snapshot_index().0 + 2 * retain || applied.0 <= retain {
+            let due = applied.0 >= g.raft.snapshot_index().0 + 2 * retain && applied.0 > retain;
+            let forced = force && applied > g.raft.snapshot_index();
+            if !due && !forced {
                 continue;
             }
             // Only entries whose effects are checkpointed may go.
             if self.storage.durable_applied(range) != applied {
-                self.compact_candidates.insert(range);
+                if !force {
+                    self.compact_candidates.insert(range);
+                }
                 continue;
             }
             // One read transaction gives the data and the applied index it reflects.
@@ -1229,17 +1267,18 @@ impl Driver {
             }
         }
         if compacted.is_empty() {
-            return;
+            return Ok(());
         }
         // All of this round's compactions in one transaction, without an fsync: losing it in a
-        // crash only leaves a longer log, which the core compacts again.
-        let Ok(mut round) = self.storage.begin_round() else { return };
+        // crash only leaves a longer log, which the core compacts again. (The round syncs
+        // redb after all when it deletes log segments: see `Round::commit_with`.)
+        let mut round = self.storage.begin_round()?;
         for (range, record, upto) in &compacted {
-            if round.put_group(*range, record).is_err() || round.truncate_prefix(*range, *upto).is_err() {
-                return;
-            }
+            round.put_group(*range, record)?;
+            // Refused only past the checkpoint, which was checked above.
+            round.truncate_prefix(*range, *upto)?;
         }
-        let _ = round.commit_with(false);
+        round.commit_with(false)
     }
 
     // ------------------------------------------------------------ sending

@@ -114,7 +114,7 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { segment_bytes: 64 << 20, prealloc_bytes: 1 << 20 }
+        WalOptions { segment_bytes: 64 << 20, prealloc_bytes: 64 << 10 }
     }
 }
 

@@ -137,7 +137,11 @@ compare() { # name, title, flotilla-bench args... (targets and pids included)
     --title "$title" --json "$OUT/$name.json" "$@"
   reports+=("$OUT/$name.json")
 }
-vs_etcd=(--compare "$FLOTILLA_URL,$ETCD_URL" --server-pids "$F_PIDS" --server-pids "$E_PIDS")
+# While one system is measured the others are stopped (SIGSTOP) and resumed after: an idle etcd
+# beside Flotilla took ~2 % of the machine, and Flotilla's idle ranges as much from etcd.
+R_PIDS=$(IFS=,; echo "${r_pids[*]:-}")
+vs_etcd=(--compare "$FLOTILLA_URL,$ETCD_URL" --server-pids "$F_PIDS" --server-pids "$E_PIDS" --pause-others)
+if [ -n "$R_PIDS" ]; then vs_etcd+=(--pause-pids "$R_PIDS"); fi
 compare kv0-256 "kv0 (100% writes), 256 clients [target: flotilla >= 3x etcd ops/s]" \
   --workload kv0 --clients 256 "${vs_etcd[@]}"
 compare kv0-1 "kv0 (100% writes), 1 client [target: flotilla p50 <= 1/2 etcd p50]" \
@@ -151,7 +155,7 @@ compare ycsb-b-256 "YCSB-B (95/5 read/update, zipfian), 256 clients, $RANGES ran
 if [ "$REDIS" = 1 ]; then
   compare resp-set-50 "RESP SET (kv0), 50 clients: Flotilla's gateway vs redis appendfsync always [target: >= 0.8x]" \
     --workload kv0 --clients 50 --compare "$RESP_URL,redis=resp://127.0.0.1:$R_PORT" \
-    --server-pids "$F_PIDS" --server-pids "${r_pids[0]}"
+    --server-pids "$F_PIDS" --server-pids "${r_pids[0]}" --pause-others --pause-pids "$E_PIDS"
 fi
 
 all_alive "after the last comparison"

@@ -42,6 +42,7 @@ pub async fn main(args: Args) -> Result<()> {
 
     let specs = parse_targets(&args.target_lists())?;
     let failover = args.workload == "failover";
+    let _bystanders = Paused::stop(&parse_pids(args.pause_pids.as_deref().unwrap_or(""))?)?;
     for (index, spec) in specs.iter().enumerate() {
         // A fresh workload per target: inserts count from the preloaded keys again.
         let workload: Arc<dyn Workload> = if failover {
@@ -96,9 +97,17 @@ pub async fn main(args: Args) -> Result<()> {
             opts.duration,
             opts.warmup,
         );
+        let others: Vec<u32> = if args.pause_others {
+            let lists = (0..specs.len()).filter(|&j| j != index).map(|j| args.pids_for(j, specs.len()));
+            lists.collect::<Result<Vec<_>>>()?.concat()
+        } else {
+            Vec::new()
+        };
+        let paused = Paused::stop(&others)?;
         let result = run_target(spec, workload, &opts, &args)
             .await
             .with_context(|| format!("measuring {}", spec.label))?;
+        drop(paused);
         let failover_summary = match (result.killed_at_us, opts.kill) {
             (Some(at), Some((pid, _))) => {
                 Some(analyze_failover(&result.op_log, at, opts.duration.as_micros() as u64, pid))
@@ -202,6 +211,41 @@ fn summarize(args: &Args) -> Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&reports)? + "\n")?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Processes stopped with SIGSTOP, resumed (SIGCONT) when this is dropped — on every way out,
+/// errors included. Through the `kill` command: this crate forbids `unsafe`.
+struct Paused(Vec<u32>);
+
+impl Paused {
+    fn stop(pids: &[u32]) -> Result<Paused> {
+        let paused = Paused(pids.to_vec());
+        for &pid in pids {
+            signal(pid, "STOP")?;
+        }
+        Ok(paused)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if let Err(e) = signal(pid, "CONT") {
+                eprintln!("could not resume process {pid}: {e:#}");
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .context("run kill")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed: {status}");
     }
     Ok(())
 }

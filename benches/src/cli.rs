@@ -62,6 +62,14 @@ pub struct Args {
     /// once per target, in target order.
     #[arg(long, value_name = "PID,PID,...")]
     pub server_pids: Vec<String>,
+    /// With --compare: stop (SIGSTOP) every other target's --server-pids while a target is
+    /// measured, and resume them after, so that an idle system beside it takes no CPU from it.
+    #[arg(long)]
+    pub pause_others: bool,
+    /// Processes to keep stopped (SIGSTOP) for the whole run and resume at the end: servers on
+    /// the same machine that take no part in it.
+    #[arg(long, value_name = "PID,PID,...")]
+    pub pause_pids: Option<String>,
     /// Flotilla admin HTTP addresses (HOST:PORT, comma-separated, same order as --server-pids),
     /// for failover (finding the leader) and idle-ranges.
     #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]

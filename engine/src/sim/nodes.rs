@@ -574,8 +574,8 @@ impl NodeWorld {
             }
             if self.now_us > deadline || !self.next_event() {
                 let detail = format!(
-                    "log segments (node, bytes of records, files, groups keeping the oldest) still above {bound} {} ms after the \
-                     clients stopped: {over:?}",
+                    "log segments (node, bytes of records, files, groups keeping the oldest) still \
+                     above {bound} {} ms after the clients stopped: {over:?}",
                     LOG_RECLAIM_US / 1000
                 );
                 self.fail("log space", detail);

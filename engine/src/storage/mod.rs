@@ -47,7 +47,7 @@ pub use simdisk::SimDisk;
 pub use wal::{FsLogDir, LogDir, WalOptions};
 pub use writeback::WritebackBackend;
 
-use crate::ids::RangeId;
+use crate::ids::{IntMap, RangeId};
 use crate::raft::{Entry, HardState, InitialState, LogIndex, NodeId, Snapshot, SnapshotMeta};
 
 /// range → `GroupRecord`.
@@ -266,10 +266,10 @@ struct Overlay {
     /// range → the host's in-memory applied index (what the data with the overlay on top
     /// reflects). Only the index: a second copy of every record would cost memory per idle
     /// replica.
-    applied: HashMap<u64, LogIndex>,
+    applied: IntMap<u64, LogIndex>,
     /// range → the record as stored in the groups table: its `applied` is the checkpointed one,
     /// its term and vote are always the latest (they are stored the round they change).
-    stored: HashMap<u64, StoredRecord>,
+    stored: IntMap<u64, StoredRecord>,
     /// Ranges whose in-memory applied index is ahead of the stored one.
     pending: std::collections::BTreeSet<u64>,
 }
@@ -406,12 +406,12 @@ struct LogState {
     /// range → record → (first, last): the record's entries for the range that are still
     /// the range's log — none when last < first (newer records replaced them all). By
     /// construction the lasts never decrease from one record to the next.
-    by_range: HashMap<u64, BTreeMap<u64, (u64, u64)>>,
+    by_range: IntMap<u64, BTreeMap<u64, (u64, u64)>>,
     /// range → entries up to this index are compacted away (or replaced by a snapshot).
-    compacted: HashMap<u64, u64>,
+    compacted: IntMap<u64, u64>,
     /// range → its `GroupRecord::log_from_seq` (storage's own bookkeeping: `put_group` fills
     /// it in, whatever the caller's copy of the record says).
-    from_seq: HashMap<u64, u64>,
+    from_seq: IntMap<u64, u64>,
     /// Every record with a smaller sequence number is clear (holds nothing any range's log still
     /// needs). Clear stays clear — compaction points only rise, replaced entries stay
     /// replaced — so the scan for deletable segments resumes here instead of starting over.
@@ -743,7 +743,7 @@ impl NodeStorage {
             writes: Writes::new(),
             replaced: Vec::new(),
             groups: BTreeMap::new(),
-            installed: HashMap::new(),
+            installed: IntMap::default(),
             checkpoint: Checkpoint::None,
         })
     }
@@ -1089,7 +1089,7 @@ pub struct Round<'s> {
     /// range → the host's record as given to `put_group` (in-memory applied index).
     groups: BTreeMap<u64, GroupRecord>,
     /// range → the index of a snapshot installed in this round (the data table now reflects it).
-    installed: HashMap<u64, LogIndex>,
+    installed: IntMap<u64, LogIndex>,
     /// Which applied changes this round writes into the data table.
     checkpoint: Checkpoint,
 }
@@ -1338,7 +1338,7 @@ impl Round<'_> {
         let (seq, from_seq) = {
             let state = storage.log_state();
             // Only the ranges this round stores: the whole map is O(groups) per round.
-            let from_seq: HashMap<u64, u64> =
+            let from_seq: IntMap<u64, u64> =
                 ranges.iter().filter_map(|r| state.from_seq.get(r).map(|&s| (*r, s))).collect();
             (state.next_seq, from_seq)
         };

@@ -101,6 +101,8 @@ impl LogDir for FsLogDir {
 
 /// Frame header: body length, checksum, sequence number.
 const HEADER: usize = 16;
+/// Preallocated zeros are written in pieces of this size (a page).
+const ZERO_WRITE_BYTES: usize = 4096;
 /// A body longer than this is not a record (a garbled length), whatever its checksum says.
 const BODY_MAX: u32 = 1 << 30;
 
@@ -300,13 +302,20 @@ impl Wal {
         if end <= seg.capacity {
             seg.file.write(seg.len, frame).map_err(|e| io_err(&what, e))?;
         } else {
-            // Grow the file by whole steps of zeros in the same write.
+            // Grow the file by whole steps of zeros, written a page at a time: the page cache
+            // sizes its folios by the write, and a record's fdatasync writes back (and
+            // `/proc/*/io` counts) the whole folio it dirtied.
             let step = self.opts.prealloc_bytes.max(1);
             let capacity = end.div_ceil(step) * step;
-            let mut buf = Vec::with_capacity((capacity - seg.len) as usize);
-            buf.extend_from_slice(frame);
-            buf.resize((capacity - seg.len) as usize, 0);
-            seg.file.write(seg.len, &buf).map_err(|e| io_err(&what, e))?;
+            seg.file.write(seg.len, frame).map_err(|e| io_err(&what, e))?;
+            let zeros = [0u8; ZERO_WRITE_BYTES];
+            let mut at = end;
+            while at < capacity {
+                let upto = (at / ZERO_WRITE_BYTES as u64 + 1) * ZERO_WRITE_BYTES as u64;
+                let n = (upto.min(capacity) - at) as usize;
+                seg.file.write(at, &zeros[..n]).map_err(|e| io_err(&what, e))?;
+                at += n as u64;
+            }
             seg.capacity = capacity;
         }
         seg.len = end;

@@ -6,18 +6,20 @@
 //!    ticks included, so a process that was paused (SIGSTOP) sees its leases expire before it
 //!    serves anything;
 //! 3. step messages, proposals and reads into their groups;
-//! 4. collect `Ready` from the groups touched this round and write all of it — entries, hard
-//!    states, snapshots — in **one** redb transaction, durable (one fsync) if any group has new
-//!    entries, a snapshot, or a new term or vote. Committed entries are applied into memory
-//!    (the storage's overlay, which reads see): a round that only applies needs no disk at all,
-//!    because the entries are already durable on a quorum;
+//! 4. collect `Ready` from the groups touched this round and write all of it: hard states and
+//!    snapshots in one redb transaction (durable if a term, vote or snapshot changed), then
+//!    every group's new entries as **one** log record with one fsync. Committed entries are
+//!    applied into memory (the storage's overlay, which reads see): a round that only applies
+//!    needs no disk at all, because the entries are already durable on a quorum;
 //! 5. only then send the round's messages, coalesced: one `RaftBatch` per peer, heartbeats as
 //!    compact tuples;
 //! 6. answer proposals whose entries applied, serve reads whose index is applied, `advance()`;
 //! 7. every `checkpoint_interval` (or `checkpoint_bytes_max`), a checkpoint writes the applied
 //!    writes into the data table together with the groups' applied indexes — the two always
 //!    move together, so a restarted group re-applies exactly the entries after its checkpoint
-//!    — and then the logs may be compacted up to it.
+//!    — and then the logs may be compacted up to it; log segments whose records no group
+//!    needs are deleted, oldest first, and idle groups that keep the oldest one are compacted
+//!    once the log spans more than `log_segments_max` segments.
 //!
 //! Quiescence: a leader whose group has been idle and fully replicated for
 //! `quiesce_idle_ticks` tells its followers (a `(range, term)` in the batch) and every replica
@@ -38,7 +40,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ids::RangeId;
+use crate::ids::{IntMap, RangeId};
 use crate::kv::{Command, CommandResult};
 use crate::raft::Snapshot;
 use crate::raft::{
@@ -530,7 +532,7 @@ pub fn build(
         rx,
         status,
         routing,
-        proposals: HashMap::new(),
+        proposals: IntMap::default(),
         reads: BTreeMap::new(),
         next_ctx: 1,
         started: now,
@@ -572,7 +574,7 @@ pub struct Driver {
     status: Arc<Mutex<StoreStatus>>,
     routing: Arc<Mutex<Routing>>,
     /// (range, index) → (term proposed in, reply).
-    proposals: HashMap<(RangeId, LogIndex), (Term, Reply<CommandResult>)>,
+    proposals: IntMap<(RangeId, LogIndex), (Term, Reply<CommandResult>)>,
     reads: BTreeMap<u64, PendingRead>,
     next_ctx: u64,
     started: Duration,

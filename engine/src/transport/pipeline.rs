@@ -20,7 +20,6 @@
 
 #![allow(clippy::disallowed_methods)] // network I/O: tasks on the caller's tokio runtime
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,7 +40,7 @@ type Answer = Result<Vec<u8>, TransportError>;
 /// The requests waiting for answers, and why the pipeline died, if it did.
 #[derive(Debug, Default)]
 struct Waiting {
-    answers: HashMap<u64, oneshot::Sender<Answer>>,
+    answers: crate::ids::IntMap<u64, oneshot::Sender<Answer>>,
     dead: Option<String>,
 }
 

@@ -595,9 +595,14 @@ impl NodeStorage {
                 }
                 Some(v) if v == FORMAT_VERSION.to_le_bytes() => {}
                 Some(v) => {
+                    let found = v.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+                    let found = found.map_or_else(|| format!("{v:02x?}"), |f| f.to_string());
                     return Err(StorageError::Mismatch(format!(
-                        "format {v:?}, this build reads {FORMAT_VERSION}"
-                    )))
+                        "the data directory is in storage format {found}, this build reads format \
+                         {FORMAT_VERSION} only (format 4 moved the Raft log out of the database \
+                         into flotilla.wal/); start this node on an empty data directory and let \
+                         it catch up from its peers, or run the build that wrote it"
+                    )));
                 }
             }
         }

@@ -760,3 +760,24 @@ fn a_sliced_checkpoint_moves_only_its_ranges() {
     assert_eq!(s.load_group(right).unwrap().unwrap().1.applied, LogIndex(0), "...nor its applied index");
     assert_eq!(s.load_group(left).unwrap().unwrap().1.applied, LogIndex(1));
 }
+
+#[test]
+fn a_data_directory_of_another_format_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.redb");
+    {
+        let s = NodeStorage::open(&path).expect("open");
+        let mut round = s.begin_round().unwrap();
+        {
+            let mut meta = round.txn().unwrap().open_table(META).unwrap();
+            meta.insert("format", 3u32.to_le_bytes().as_slice()).unwrap();
+        }
+        round.commit().unwrap();
+    }
+    match NodeStorage::open(&path) {
+        Err(StorageError::Mismatch(what)) => {
+            assert!(what.contains("format 3") && what.contains("empty data directory"), "{what}")
+        }
+        other => panic!("a format-3 directory must be refused, got {other:?}"),
+    }
+}

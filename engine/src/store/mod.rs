@@ -1221,6 +1221,9 @@ impl Driver {
             return Ok(());
         }
         self.last_log_check = now;
+        let (log_bytes, log_segments) = self.storage.log_size();
+        metrics::gauge!("flotilla_storage_wal_bytes").set(log_bytes as f64);
+        metrics::gauge!("flotilla_storage_wal_segments").set(log_segments as f64);
         let pinning = self.storage.groups_pinning_log(self.cfg.log_segments_max);
         if !pinning.is_empty() {
             metrics::counter!("flotilla_storage_wal_forced_compactions_total")

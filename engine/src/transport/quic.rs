@@ -738,6 +738,9 @@ pub(crate) fn transport_config(
     let idle = quinn::IdleTimeout::try_from(idle_timeout)
         .map_err(|e| TransportError::Config(format!("idle timeout: {e}")))?;
     let mut transport = quinn::TransportConfig::default();
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(8)).max_ack_delay(Some(Duration::from_millis(2)));
+    transport.ack_frequency_config(Some(acks));
     transport
         .keep_alive_interval(Some(keep_alive))
         .max_idle_timeout(Some(idle))

@@ -1074,10 +1074,13 @@ impl Driver {
             metrics::counter!("flotilla_peer_batches_sent_total").increment(1);
             (self.send)(batch);
         }
+        let started = self.clock.now();
         round.commit_with(durable)?;
         if durable {
             metrics::counter!("flotilla_storage_fsyncs_total").increment(1);
             metrics::histogram!("flotilla_storage_entries_per_fsync").record(entries_written as f64);
+            metrics::histogram!("flotilla_storage_round_commit_seconds")
+                .record(self.clock.now().saturating_sub(started).as_secs_f64());
         }
         metrics::counter!("flotilla_raft_entries_applied_total").increment(applied_results.len() as u64);
         let lag = ready_groups

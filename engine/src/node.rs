@@ -59,11 +59,13 @@ pub struct NodeConfig {
 pub enum NodeError {
     #[error("configuration: {0}")]
     Config(String),
-    #[error("storage: {0}")]
+    // Transparent: the inner error says what it is, and an error chain ({:#}) would otherwise
+    // print it twice (once in this message, once as its source).
+    #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("transport: {0}")]
+    #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] KvError),
 }
 

@@ -788,6 +788,18 @@ impl NodeStorage {
                 )));
             }
         }
+        // The data table reflects `applied`, and every applied entry was durable in the log
+        // before it was applied; the log is never compacted past it. A log that ends below it
+        // lost records (a deleted or truncated log directory): refuse rather than let Raft
+        // accept those indexes again and apply them twice.
+        let last = (first - 1) + entries.len() as u64;
+        if last < record.applied.0 {
+            return Err(StorageError::Corrupt(format!(
+                "log of {range} ends at i{last} but its data reflects {}: log records are missing \
+                 (was the log directory flotilla.wal/ removed or truncated?)",
+                record.applied
+            )));
+        }
         let snapshot = record.snapshot.clone().map(|meta| Snapshot { meta, data: Vec::new() });
         let initial =
             InitialState { hard_state: record.hard_state, snapshot, entries, applied: record.applied };

@@ -781,3 +781,28 @@ fn a_data_directory_of_another_format_is_refused_with_what_to_do() {
         other => panic!("a format-3 directory must be refused, got {other:?}"),
     }
 }
+
+#[test]
+fn a_log_that_lost_records_below_the_applied_index_is_refused() {
+    let disk = SimDisk::new();
+    let r = RangeId(1);
+    {
+        let s = NodeStorage::on_sim_disk(&disk, WalOptions::default()).unwrap();
+        append_rounds(&s, r, 1, 3);
+        // Entries 1–3 applied and checkpointed: the data table reflects i3.
+        let mut round = s.begin_round().unwrap();
+        round.put(b"k", b"v").unwrap();
+        round.put_group(r, &GroupRecord { applied: LogIndex(3), ..GroupRecord::default() }).unwrap();
+        round.checkpoint();
+        round.commit().unwrap();
+    }
+    // Someone removes the log directory's files.
+    for id in disk.segments().unwrap() {
+        disk.remove_segment(id).unwrap();
+    }
+    let s = NodeStorage::on_sim_disk(&disk, WalOptions::default()).unwrap();
+    match s.load_group(r) {
+        Err(StorageError::Corrupt(what)) => assert!(what.contains("missing"), "{what}"),
+        other => panic!("a log that lost applied entries must be refused, got {other:?}"),
+    }
+}

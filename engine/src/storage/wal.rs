@@ -171,10 +171,10 @@ pub fn encode_frame<T: serde::Serialize>(
     Ok(out)
 }
 
-/// The records of one segment's bytes: `(seq, body)` in order, and where they end. Stops at a
-/// zero length (the preallocated tail), at the end of the bytes, or at the first frame that is
-/// cut short, fails its checksum, or does not follow `after` — the last two reported as
-/// `Err(offset)` with the records before it.
+/// The records of one segment's bytes: `(seq, body)` in order, the offset where they end, and
+/// whether they end cleanly — at a zero length (the preallocated tail) or at the end of the
+/// bytes — rather than at a frame that is cut short, fails its checksum, or does not follow
+/// `after` (the sequence number before it).
 fn parse(bytes: &[u8], mut after: Option<u64>) -> (Vec<(u64, &[u8])>, usize, bool) {
     let mut out = Vec::new();
     let mut at = 0usize;

@@ -520,6 +520,11 @@ impl NodeStorage {
     /// Opens (or creates) the database file at `path`, and the log beside it (the directory
     /// `path` with the extension `wal`).
     pub fn open(path: &Path) -> Result<NodeStorage, StorageError> {
+        NodeStorage::open_with(path, WalOptions::default())
+    }
+
+    /// [`open`](Self::open) with the log's segment sizes given.
+    pub fn open_with(path: &Path, opts: WalOptions) -> Result<NodeStorage, StorageError> {
         let db = Database::create(path).map_err(|e| {
             let text = format!("{}: {e}", path.display());
             // redb checks its page checksums when it repairs a file after an unclean shutdown.
@@ -528,7 +533,7 @@ impl NodeStorage {
                 _ => StorageError::Io(text),
             }
         })?;
-        NodeStorage::init(db, NodeStorage::log_dir(path, false)?, WalOptions::default())
+        NodeStorage::init(db, NodeStorage::log_dir(path, false)?, opts)
     }
 
     fn log_dir(path: &Path, writeback: bool) -> Result<Arc<dyn LogDir>, StorageError> {

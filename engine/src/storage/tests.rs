@@ -806,3 +806,44 @@ fn a_log_that_lost_records_below_the_applied_index_is_refused() {
         other => panic!("a log that lost applied entries must be refused, got {other:?}"),
     }
 }
+
+#[test]
+fn log_segment_files_roll_and_go_on_a_real_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.redb");
+    let wal = dir.path().join("node.wal");
+    let files = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&wal)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let r = RangeId(1);
+    {
+        let s = NodeStorage::open_with(&path, SMALL_SEGMENTS).unwrap();
+        append_rounds(&s, r, 1, 30);
+    }
+    let before = files();
+    assert!(before.len() >= 5, "30 rounds in 256-byte segments: {before:?}");
+    assert!(before.iter().all(|n| n.ends_with(".seg") && n.len() == 24), "{before:?}");
+    let s = NodeStorage::open_with(&path, SMALL_SEGMENTS).unwrap();
+    let loaded = s.load_group(r).unwrap().unwrap().0.entries;
+    assert_eq!(loaded.iter().map(|e| e.index.0).collect::<Vec<_>>(), (1..=30).collect::<Vec<_>>());
+    // Checkpointed and compacted through i30: every closed segment file is deleted.
+    let record = GroupRecord { snapshot: Some(meta(30, 1)), applied: LogIndex(30), ..GroupRecord::default() };
+    let mut round = s.begin_round().unwrap();
+    round.put_group(r, &record).unwrap();
+    round.checkpoint();
+    round.commit().unwrap();
+    let mut round = s.begin_round().unwrap();
+    round.truncate_prefix(r, LogIndex(30)).unwrap();
+    round.commit().unwrap();
+    assert_eq!(files().len(), 1, "only the segment being written is left: {:?}", files());
+    append_rounds(&s, r, 31, 2);
+    drop(s);
+    let s = NodeStorage::open_with(&path, SMALL_SEGMENTS).unwrap();
+    let loaded = s.load_group(r).unwrap().unwrap().0.entries;
+    assert_eq!(loaded.iter().map(|e| e.index.0).collect::<Vec<_>>(), vec![31, 32]);
+}

@@ -749,7 +749,6 @@ impl NodeStorage {
             storage: self,
             appended: Vec::new(),
             reset: Vec::new(),
-            compactions: Vec::new(),
             writes: Writes::new(),
             replaced: Vec::new(),
             groups: BTreeMap::new(),
@@ -1101,8 +1100,6 @@ pub struct Round<'s> {
     appended: LogRecord,
     /// Ranges whose logs a snapshot replaced in this round.
     reset: Vec<u64>,
-    /// (range, upto) compactions in this round.
-    compactions: Vec<(u64, u64)>,
     /// The key-value writes of the entries applied in this round.
     writes: Writes,
     /// Key spans a snapshot install replaced in this round: older overlay writes in them are
@@ -1216,10 +1213,11 @@ impl Round<'_> {
         Ok(())
     }
 
-    /// Drops log entries up to and including `upto`: the records that no group needs any more
-    /// are deleted in this round. Refused past the applied index the data table reflects (after
-    /// this round): later entries are the only durable record of writes not yet checkpointed.
-    /// In a checkpoint round, call `checkpoint` first.
+    /// Checks that the log of `range` may drop its entries up to and including `upto`: refused
+    /// past the applied index the data table reflects (after this round), since later entries
+    /// are the only durable record of writes not yet checkpointed. In a checkpoint round, call
+    /// `checkpoint` first. The entries go with the group record whose snapshot reaches `upto`
+    /// (`put_group`): the stored snapshot is the compaction point, at load as at run time.
     pub fn truncate_prefix(&mut self, range: RangeId, upto: LogIndex) -> Result<(), StorageError> {
         // What the data table will reflect once this round commits.
         let durable = if self.checkpoint.covers_range(range.0) {
@@ -1232,7 +1230,6 @@ impl Round<'_> {
                 "cannot compact {range} to i{upto}: only i{durable} is checkpointed"
             )));
         }
-        self.compactions.push((range.0, upto.0));
         Ok(())
     }
 
@@ -1386,12 +1383,10 @@ impl Round<'_> {
                 store.push((range, StoredRecord::new(&record)?));
             }
         }
-        // Where the logs are compacted once this round is in: a stored snapshot is what a
-        // load drops entries up to (the host may also compact without `truncate_prefix`, as
-        // when it rebuilds a snapshot at a restart).
-        let mut compactions = std::mem::take(&mut self.compactions);
-        compactions
-            .extend(store.iter().filter_map(|(r, s)| s.durable.snapshot.map(|(index, _)| (*r, index.0))));
+        // Where the logs are compacted once this round is in: at its stored snapshot, which is
+        // what a load drops entries up to — one source for both.
+        let compactions: Vec<(u64, u64)> =
+            store.iter().filter_map(|(r, s)| s.durable.snapshot.map(|(index, _)| (*r, index.0))).collect();
         let (dead_segments, clear_before) = {
             let mut state = storage.log_state();
             if compactions.is_empty() && self.reset.is_empty() && !state.recheck {

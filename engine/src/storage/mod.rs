@@ -748,7 +748,6 @@ impl NodeStorage {
             txn: None,
             storage: self,
             appended: Vec::new(),
-            reset: Vec::new(),
             writes: Writes::new(),
             replaced: Vec::new(),
             groups: BTreeMap::new(),
@@ -1098,8 +1097,6 @@ pub struct Round<'s> {
     storage: &'s NodeStorage,
     /// The entries appended in this round, written as one record at commit.
     appended: LogRecord,
-    /// Ranges whose logs a snapshot replaced in this round.
-    reset: Vec<u64>,
     /// The key-value writes of the entries applied in this round.
     writes: Writes,
     /// Key spans a snapshot install replaced in this round: older overlay writes in them are
@@ -1107,7 +1104,8 @@ pub struct Round<'s> {
     replaced: Vec<(Vec<u8>, Vec<u8>)>,
     /// range → the host's record as given to `put_group` (in-memory applied index).
     groups: BTreeMap<u64, GroupRecord>,
-    /// range → the index of a snapshot installed in this round (the data table now reflects it).
+    /// range → the index of a snapshot installed in this round: the data table now reflects it,
+    /// and the range's log restarts with this round's record.
     installed: IntMap<u64, LogIndex>,
     /// Which applied changes this round writes into the data table.
     checkpoint: Checkpoint,
@@ -1262,7 +1260,6 @@ impl Round<'_> {
         // The range's log restarts after the snapshot: records before this round no longer
         // count for it, and entries this round appended before the install are dropped.
         self.appended.retain(|(r, _)| *r != range.0);
-        self.reset.push(range.0);
         let desc = data.descriptor;
         {
             let mut t = self.txn()?.open_table(DATA).map_err(io)?;
@@ -1377,8 +1374,11 @@ impl Round<'_> {
                     None => stored.map_or(LogIndex::ZERO, |s| s.applied),
                 };
             }
-            record.log_from_seq =
-                if self.reset.contains(&range) { seq } else { from_seq.get(&range).copied().unwrap_or(0) };
+            record.log_from_seq = if self.installed.contains_key(&range) {
+                seq
+            } else {
+                from_seq.get(&range).copied().unwrap_or(0)
+            };
             if stored.is_none_or(|s| s.durable != DurableFields::of(&record)) {
                 store.push((range, StoredRecord::new(&record)?));
             }
@@ -1387,13 +1387,15 @@ impl Round<'_> {
         // what a load drops entries up to — one source for both.
         let compactions: Vec<(u64, u64)> =
             store.iter().filter_map(|(r, s)| s.durable.snapshot.map(|(index, _)| (*r, index.0))).collect();
+        // Ranges whose logs a snapshot replaced in this round.
+        let reset: Vec<u64> = self.installed.keys().copied().collect();
         let (dead_segments, clear_before) = {
             let mut state = storage.log_state();
-            if compactions.is_empty() && self.reset.is_empty() && !state.recheck {
+            if compactions.is_empty() && reset.is_empty() && !state.recheck {
                 (Vec::new(), None)
             } else {
                 state.recheck = false;
-                let clear_before = state.advance_clear(&compactions, &self.reset);
+                let clear_before = state.advance_clear(&compactions, &reset);
                 (LogState::dead_segments(&storage.wal().closed_segments(), clear_before), Some(clear_before))
             }
         };
@@ -1467,7 +1469,7 @@ impl Round<'_> {
         }
         {
             let mut state = storage.log_state();
-            state.committed(seq, &spans, &dead_segments, &compactions, &self.reset);
+            state.committed(seq, &spans, &dead_segments, &compactions, &reset);
             if let Some(clear_before) = clear_before {
                 state.clear_before = state.clear_before.max(clear_before);
             }

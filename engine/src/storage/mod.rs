@@ -1463,7 +1463,7 @@ impl Round<'_> {
             assert!(!overlay.pending.contains(&range), "r{range} still unflushed after its checkpoint");
         }
         drop(overlay);
-        if let Err(e) = self.write_log(seq, !spans.is_empty()) {
+        if let Err(e) = self.write_log(seq) {
             storage.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
@@ -1490,23 +1490,24 @@ impl Round<'_> {
     /// Writes the round's log record, if it appended anything, and syncs it: a record is
     /// always durable before the next round (a later record's replacing of its entries may
     /// decide which segments are deleted).
-    fn write_log(&mut self, seq: u64, any: bool) -> Result<(), StorageError> {
+    fn write_log(&mut self, seq: u64) -> Result<(), StorageError> {
         let appended = std::mem::take(&mut self.appended);
-        let mut wal = self.storage.wal();
-        if any {
-            let size_hint: usize = appended
-                .iter()
-                .flat_map(|(_, entries)| entries)
-                .map(|e| match &e.payload {
-                    crate::raft::EntryPayload::Normal(data) => data.len() + 24,
-                    _ => 64,
-                })
-                .sum();
-            let frame = wal::encode_frame(seq, &appended, size_hint + 16)?;
-            wal.append(seq, &frame)?;
-            wal.sync()?;
-            metrics::counter!("flotilla_storage_wal_bytes_total").increment(frame.len() as u64);
+        if appended.is_empty() {
+            return Ok(());
         }
+        let size_hint: usize = appended
+            .iter()
+            .flat_map(|(_, entries)| entries)
+            .map(|e| match &e.payload {
+                crate::raft::EntryPayload::Normal(data) => data.len() + 24,
+                _ => 64,
+            })
+            .sum();
+        let frame = wal::encode_frame(seq, &appended, size_hint + 16)?;
+        let mut wal = self.storage.wal();
+        wal.append(seq, &frame)?;
+        wal.sync()?;
+        metrics::counter!("flotilla_storage_wal_bytes_total").increment(frame.len() as u64);
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::{parse_pids, Args};
 use crate::dist::Distribution;
 use crate::report::{idle_table, runs_table, side_by_side, Host, Report, RunSummary};
-use crate::run::{run, RunOptions, RunResult};
+use crate::run::{run, signal, RunOptions, RunResult};
 use crate::scenario::{analyze_failover, find_leader_pid, idle_ranges};
 use crate::target::flotilla::FlotillaTarget;
 use crate::target::resp::RespTarget;
@@ -216,7 +216,7 @@ fn summarize(args: &Args) -> Result<()> {
 }
 
 /// Processes stopped with SIGSTOP, resumed (SIGCONT) when this is dropped — on every way out,
-/// errors included. Through the `kill` command: this crate forbids `unsafe`.
+/// errors included.
 struct Paused(Vec<u32>);
 
 impl Paused {
@@ -237,15 +237,4 @@ impl Drop for Paused {
             }
         }
     }
-}
-
-fn signal(pid: u32, name: &str) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .context("run kill")?;
-    if !status.success() {
-        bail!("kill -{name} {pid} failed: {status}");
-    }
-    Ok(())
 }

@@ -268,7 +268,7 @@ pub async fn run<T: Target>(
         }
         if let Some((pid, at)) = kill_at {
             if killed_at_us.is_none() && now >= at {
-                kill(pid)?;
+                signal(pid, "KILL")?;
                 killed_at_us = Some(now.duration_since(plan.measure_start).as_micros() as u64);
                 bar.println(format!("killed pid {pid}"));
             }
@@ -352,12 +352,15 @@ pub async fn run<T: Target>(
     })
 }
 
-/// SIGKILL, with the `kill` command (this crate forbids `unsafe`, so no libc call).
-fn kill(pid: u32) -> Result<()> {
-    let status =
-        std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().context("run kill")?;
+/// Sends signal `name` (`KILL`, `STOP`, `CONT`) with the `kill` command (this crate forbids
+/// `unsafe`, so no libc call).
+pub(crate) fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .context("run kill")?;
     if !status.success() {
-        bail!("kill -9 {pid} failed: {status}");
+        bail!("kill -{name} {pid} failed: {status}");
     }
     Ok(())
 }

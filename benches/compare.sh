@@ -6,8 +6,8 @@
 #
 # Usage: benches/compare.sh            (from anywhere; builds release binaries first)
 # Knobs (environment): DURATION=10s WARMUP=2s KEYS=10000 RANGES=64 REDIS=1 (0: skip Redis)
-# IO_THREADS=1 (each node's network threads: three nodes share this box's cores; etcd runs
-# with its defaults)
+# IO_THREADS= (each node's --io-threads; empty: the node's default, 0 on a 2-core box —
+# one thread per node for network and Raft; etcd runs with its defaults)
 #                      OUT=target/bench-compare (JSON per comparison, compare.svg, server logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 KEYS=${KEYS:-10000}
 RANGES=${RANGES:-64}
-IO_THREADS=${IO_THREADS:-1}
+IO_THREADS=${IO_THREADS:-}
 REDIS=${REDIS:-1}
 OUT=${OUT:-$ROOT/target/bench-compare}
 # Ports: Flotilla on 127.0.0.{1,2,3}; etcd members (E_CLIENT+i, E_PEER+i) and Redis on 127.0.0.1.
@@ -77,7 +77,7 @@ f_pids=()
 for i in 1 2 3; do
   "$FLOTILLA" start --id "$i" --data-dir "$D/flotilla$i" --listen "127.0.0.$i:$F_LISTEN" \
     --resp "127.0.0.$i:$F_RESP" --http "127.0.0.$i:$F_HTTP" --join "$join" --insecure \
-    --initial-ranges "$RANGES" --io-threads "$IO_THREADS" >"$OUT/flotilla$i.log" 2>&1 &
+    --initial-ranges "$RANGES" ${IO_THREADS:+--io-threads "$IO_THREADS"} >"$OUT/flotilla$i.log" 2>&1 &
   pids+=($!); f_pids+=($!)
 done
 

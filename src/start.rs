@@ -55,12 +55,23 @@ pub struct StartArgs {
     #[arg(long)]
     pub initial_ranges: Option<u32>,
     /// Threads for network I/O (QUIC, RESP, HTTP); the Raft driver has its own thread.
-    /// Default 2; 1 is better when several nodes share a small machine.
+    /// 0: one thread for everything, the driver included (its fsyncs of busy rounds on a
+    /// helper thread) — the fewest thread wake-ups. Default: 0 on machines with 2 cores or
+    /// fewer, 2 on larger ones.
     #[arg(long)]
     pub io_threads: Option<usize>,
     /// Read settings from a TOML file; flags given on the command line win.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// `--io-threads` when not given: on a small machine, every thread wake-up between a node's
+/// network and its driver costs more than the parallelism gains (docs/BENCHMARKS.md).
+fn default_io_threads() -> usize {
+    match std::thread::available_parallelism() {
+        Ok(cores) if cores.get() <= 2 => 0,
+        _ => 2,
+    }
 }
 
 /// Network I/O threads at most.
@@ -201,9 +212,9 @@ impl StartArgs {
         if initial_ranges == 0 || initial_ranges > INITIAL_RANGES_MAX {
             bail!("--initial-ranges must be between 1 and {INITIAL_RANGES_MAX}");
         }
-        let io_threads = self.io_threads.or(file.io_threads).unwrap_or(2);
-        if !(1..=IO_THREADS_MAX).contains(&io_threads) {
-            bail!("--io-threads must be between 1 and {IO_THREADS_MAX}");
+        let io_threads = self.io_threads.or(file.io_threads).unwrap_or_else(default_io_threads);
+        if io_threads > IO_THREADS_MAX {
+            bail!("--io-threads must be between 0 and {IO_THREADS_MAX}");
         }
         let mut store = StoreConfig::new(NodeId(id));
         if let Some(ms) = file.tick_ms {
@@ -249,6 +260,7 @@ impl StartArgs {
             cluster_id: "flotilla".into(),
             initial_ranges,
             store,
+            single_thread: io_threads == 0,
         };
         Ok(Settings { node, resp, http, labels, io_threads })
     }
@@ -331,11 +343,12 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.io_threads)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = if settings.io_threads == 0 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(settings.io_threads).enable_all().build()
+    }
+    .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Bind the client-facing ports first, so a port clash is reported before any state moves.
         let resp_listener = tokio::net::TcpListener::bind(settings.resp)

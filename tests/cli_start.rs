@@ -42,7 +42,7 @@ fn start_rejects_bad_values_with_their_names() {
         (&["--listen", "nonsense"], "--listen"),
         (&["--join", "127.0.0.1:17401,127.0.0.1:17401"], "--join: an address appears twice"),
         (&["--initial-ranges", "0"], "--initial-ranges"),
-        (&["--io-threads", "0"], "--io-threads"),
+        (&["--io-threads", "65"], "--io-threads"),
         (&["--labels", "zone"], "--labels"),
     ];
     for (change, expected) in cases {

@@ -107,7 +107,13 @@ fn writes_resume_within_5s_after_the_leader_is_killed() {
     wait_for("first write", Duration::from_secs(60), || {
         matches!(resp(c.nodes[0].resp, &[b"SET", &key, b"1"]), Ok(Reply::Simple(_)))
     });
-    let leader = c.leader_of_key(&key).expect("a leader");
+    // `/status` is refreshed every 100 ms: the write may be acknowledged before it shows.
+    let mut leader = None;
+    wait_for("the key's leader in /status", Duration::from_secs(30), || {
+        leader = c.leader_of_key(&key);
+        leader.is_some()
+    });
+    let leader = leader.expect("a leader");
     let other = if leader == 1 { 2 } else { 1 };
     c.kill(leader);
     let killed = Instant::now();

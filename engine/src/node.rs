@@ -52,6 +52,11 @@ pub struct NodeConfig {
     pub cluster_id: String,
     pub initial_ranges: u32,
     pub store: StoreConfig,
+    /// Run the Raft driver as a task on the caller's runtime — which must then be a
+    /// current-thread runtime this node alone uses — instead of on a thread of its own: the
+    /// network, client requests and the driver share one thread, and a message from a peer
+    /// reaches the driver without waking another thread (`flotilla start --io-threads 0`).
+    pub single_thread: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,7 +254,11 @@ impl Node {
         let bootstrap = store::initial_ranges(cfg.initial_ranges, &member_ids);
         let peer_ids = peers.iter().map(|&(id, _)| id).collect();
         let tick_interval = cfg.store.tick_interval;
-        let (handle, _driver) = store::start(cfg.store.clone(), storage, &bootstrap, peer_ids, send)?;
+        let handle = if cfg.single_thread {
+            store::start_on_runtime(cfg.store.clone(), storage, &bootstrap, peer_ids, send)?
+        } else {
+            store::start(cfg.store.clone(), storage, &bootstrap, peer_ids, send)?.0
+        };
         let _ = store_slot.set(handle.clone());
 
         let delivered = handle.clone();

@@ -1336,7 +1336,16 @@ impl Round<'_> {
     /// checkpoints, compactions), then the round's log record, then the deletion of log
     /// segments that hold nothing needed any more — those only once a durable redb commit has
     /// recorded the compactions that emptied them.
-    pub fn commit_with(mut self, durable: bool) -> Result<(), StorageError> {
+    pub fn commit_with(self, durable: bool) -> Result<(), StorageError> {
+        let mut pending = self.commit_unsynced(durable)?;
+        pending.sync()?;
+        pending.finish()
+    }
+
+    /// [`commit_with`](Self::commit_with) up to its log record's fsync: the caller syncs the
+    /// returned commit — on this thread or another — and finishes it before the next round
+    /// begins. Nothing of the round may be acknowledged before.
+    pub fn commit_unsynced(mut self, durable: bool) -> Result<PendingCommit, StorageError> {
         let storage = self.storage;
         let writes = std::mem::take(&mut self.writes);
         // Readers lock the overlay while they begin a read transaction: holding it from here
@@ -1463,37 +1472,33 @@ impl Round<'_> {
             assert!(!overlay.pending.contains(&range), "r{range} still unflushed after its checkpoint");
         }
         drop(overlay);
-        if let Err(e) = self.write_log(seq) {
-            storage.poisoned.store(true, Ordering::Release);
-            return Err(e);
-        }
-        {
-            let mut state = storage.log_state();
-            state.committed(seq, &spans, &dead_segments, &compactions, &reset);
-            if let Some(clear_before) = clear_before {
-                state.clear_before = state.clear_before.max(clear_before);
+        let sync = match self.write_log(seq) {
+            Ok(sync) => sync,
+            Err(e) => {
+                storage.poisoned.store(true, Ordering::Release);
+                return Err(e);
             }
-        }
-        if !dead_segments.is_empty() {
-            let mut wal = storage.wal();
-            for (id, _) in dead_segments {
-                // Not fatal: the records are dead, the file only takes space; the next
-                // compaction tries again.
-                if let Err(e) = wal.remove(id) {
-                    tracing::warn!("{e}");
-                }
-            }
-        }
-        Ok(())
+        };
+        Ok(PendingCommit {
+            storage: storage.clone(),
+            seq,
+            spans,
+            dead_segments,
+            compactions,
+            reset,
+            clear_before,
+            sync,
+            done: false,
+        })
     }
 
-    /// Writes the round's log record, if it appended anything, and syncs it: a record is
-    /// always durable before the next round (a later record's replacing of its entries may
+    /// Writes the round's log record, if it appended anything, and returns its fsync: a record
+    /// is always durable before the next round (a later record's replacing of its entries may
     /// decide which segments are deleted).
-    fn write_log(&mut self, seq: u64) -> Result<(), StorageError> {
+    fn write_log(&mut self, seq: u64) -> Result<Option<wal::LogSync>, StorageError> {
         let appended = std::mem::take(&mut self.appended);
         if appended.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let size_hint: usize = appended
             .iter()
@@ -1506,9 +1511,8 @@ impl Round<'_> {
         let frame = wal::encode_frame(seq, &appended, size_hint + 16)?;
         let mut wal = self.storage.wal();
         wal.append(seq, &frame)?;
-        wal.sync()?;
         metrics::counter!("flotilla_storage_wal_bytes_total").increment(frame.len() as u64);
-        Ok(())
+        Ok(wal.syncer())
     }
 
     /// Fills and commits the round's redb transaction. `flush` is what a checkpoint writes into
@@ -1543,6 +1547,80 @@ impl Round<'_> {
         let Some(mut txn) = self.txn.take() else { return Err(StorageError::Io("no transaction".into())) };
         txn.set_durability(durability).map_err(|e| StorageError::Io(e.to_string()))?;
         txn.commit().map_err(io)
+    }
+}
+
+/// A round whose redb transaction and log record are written but whose log record is not yet
+/// synced (see [`Round::commit_unsynced`]). Dropped unfinished, it poisons the storage: the
+/// log's bookkeeping would be behind the log.
+#[must_use = "a round is committed only once its commit is synced and finished"]
+#[derive(Debug)]
+pub struct PendingCommit {
+    storage: NodeStorage,
+    seq: u64,
+    spans: BTreeMap<u64, (u64, u64)>,
+    dead_segments: Vec<(u64, u64)>,
+    compactions: Vec<(u64, u64)>,
+    reset: Vec<u64>,
+    clear_before: Option<u64>,
+    /// `None` once synced, or when the round wrote no log record.
+    sync: Option<wal::LogSync>,
+    done: bool,
+}
+
+impl PendingCommit {
+    /// Whether [`sync`](Self::sync) has an fsync to do.
+    pub fn needs_sync(&self) -> bool {
+        self.sync.is_some()
+    }
+
+    /// Makes the round's log record durable; may run on any thread. On failure the storage is
+    /// poisoned (an fsync is never retried).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if let Some(sync) = &self.sync {
+            if let Err(e) = sync.sync() {
+                self.storage.poisoned.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        self.sync = None;
+        Ok(())
+    }
+
+    /// Records the round in the log's bookkeeping and deletes the segments it emptied.
+    pub fn finish(mut self) -> Result<(), StorageError> {
+        if self.sync.is_some() {
+            self.storage.poisoned.store(true, Ordering::Release);
+            return Err(StorageError::Io("a round was finished before its log record was synced".into()));
+        }
+        self.done = true;
+        let storage = &self.storage;
+        {
+            let mut state = storage.log_state();
+            state.committed(self.seq, &self.spans, &self.dead_segments, &self.compactions, &self.reset);
+            if let Some(clear_before) = self.clear_before {
+                state.clear_before = state.clear_before.max(clear_before);
+            }
+        }
+        if !self.dead_segments.is_empty() {
+            let mut wal = storage.wal();
+            for &(id, _) in &self.dead_segments {
+                // Not fatal: the records are dead, the file only takes space; the next
+                // compaction tries again.
+                if let Err(e) = wal.remove(id) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PendingCommit {
+    fn drop(&mut self) {
+        if !self.done {
+            self.storage.poisoned.store(true, Ordering::Release);
+        }
     }
 }
 

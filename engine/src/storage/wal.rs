@@ -122,11 +122,25 @@ impl Default for WalOptions {
 
 #[derive(Debug)]
 struct Segment {
-    file: Box<dyn StorageBackend>,
+    /// Shared with [`LogSync`]s, which sync it from another thread.
+    file: Arc<dyn StorageBackend>,
     /// Bytes of records.
     len: u64,
     /// Bytes in the file (records, then zeros).
     capacity: u64,
+}
+
+/// One `fdatasync` of the segment that was the log's last when [`Wal::syncer`] was called.
+#[derive(Debug)]
+pub struct LogSync {
+    id: u64,
+    file: Arc<dyn StorageBackend>,
+}
+
+impl LogSync {
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(|e| io_err(&format!("log segment {}", self.id), e))
+    }
 }
 
 /// The open log: its segments by first sequence number; the last one takes appends.
@@ -237,7 +251,7 @@ impl Wal {
                 file.sync_data().map_err(|e| io_err(&what, e))?;
                 capacity = end as u64;
             }
-            wal.segments.insert(id, Segment { file, len: end as u64, capacity });
+            wal.segments.insert(id, Segment { file: Arc::from(file), len: end as u64, capacity });
         }
         Ok(wal)
     }
@@ -291,7 +305,7 @@ impl Wal {
             if capacity > 0 {
                 return Err(StorageError::Corrupt(format!("{what} exists already ({capacity} bytes)")));
             }
-            self.segments.insert(seq, Segment { file, len: 0, capacity: 0 });
+            self.segments.insert(seq, Segment { file: Arc::from(file), len: 0, capacity: 0 });
             metrics::counter!("flotilla_storage_wal_segments_created_total").increment(1);
         }
         let Some((&id, seg)) = self.segments.iter_mut().next_back() else {
@@ -323,13 +337,12 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes every appended record durable (one `fdatasync` of the last segment: earlier ones
-    /// were synced when it began).
-    pub fn sync(&mut self) -> Result<(), StorageError> {
-        if let Some((id, seg)) = self.segments.iter().next_back() {
-            seg.file.sync_data().map_err(|e| io_err(&format!("log segment {id}"), e))?;
-        }
-        Ok(())
+    /// The fsync that makes every record appended so far durable: one `fdatasync` of the last
+    /// segment (earlier ones were synced when it began). A handle, so that it may run on
+    /// another thread without the log's lock; `None` before the first segment.
+    pub fn syncer(&self) -> Option<LogSync> {
+        let (&id, seg) = self.segments.iter().next_back()?;
+        Some(LogSync { id, file: Arc::clone(&seg.file) })
     }
 
     /// Every segment but the last, as (first sequence number, first number of the next).

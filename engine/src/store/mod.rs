@@ -56,6 +56,12 @@ pub const INPUT_QUEUE_MAX: usize = 16_384;
 /// Inputs handled per round at most, so one round's latency stays bounded.
 pub const ROUND_INPUTS_MAX: usize = 4_096;
 
+/// A driver sharing its runtime with the network (`Driver::run_on_runtime`) hands a round's
+/// fsync to another thread when the round wrote at least this many entries: the node is busy,
+/// and the network's work overlaps the fsync. Rounds of fewer entries sync in place: on a
+/// quiet node the two thread hand-offs would cost more latency than the overlap gains.
+const OFFLOAD_SYNC_ENTRIES_MIN: u64 = 4;
+
 /// Errors returned to clients of the store.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -328,6 +334,25 @@ impl StoreHandle {
     }
 }
 
+/// Whether a driver step may wait inside a round (see `Driver::run_on_runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pause {
+    /// Never: the step runs to its end in one go (its own thread, the simulator).
+    Never,
+    /// Yields to the runtime once the round's early appends are sent, before its fsync.
+    Yield,
+}
+
+/// Runs a step that never pauses (`Pause::Never`): it completes in its first poll.
+fn finish_now<T>(step: impl std::future::Future<Output = T>) -> T {
+    let mut step = std::pin::pin!(step);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match step.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => unreachable!("a driver step without pauses never waits"),
+    }
+}
+
 /// Splits the keyspace into `count` ranges. Boundaries are spread evenly over two-byte
 /// prefixes from `0x2100` ("!") to `0x7f00` (DEL), where printable keys live, so that text keys
 /// (what Redis clients write) land in every range; the first range also takes everything
@@ -460,6 +485,28 @@ pub fn start(
         .spawn(move || driver.run())
         .map_err(|e| KvError::Unavailable(format!("cannot start the driver thread: {e}")))?;
     Ok((handle, thread))
+}
+
+/// Like [`start`], but the driver runs as a task on the current runtime instead of a thread of
+/// its own. The runtime must be a current-thread runtime that only this node uses: a round's
+/// fsync blocks it (see `Driver::run_on_runtime`).
+pub fn start_on_runtime(
+    cfg: StoreConfig,
+    storage: NodeStorage,
+    bootstrap: &[RangeDescriptor],
+    peers: Vec<NodeId>,
+    send: BatchSender,
+) -> Result<StoreHandle, KvError> {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if !matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
+        return Err(KvError::Invalid(format!(
+            "a driver on the runtime needs a current-thread tokio runtime, not {flavor:?}"
+        )));
+    }
+    let clock = Arc::new(MonotonicClock::with_rate(cfg.clock_rate));
+    let (handle, driver) = build(cfg, storage, bootstrap, peers, send, clock)?;
+    tokio::spawn(driver.run_on_runtime());
+    Ok(handle)
 }
 
 /// Opens the node's groups and returns the driver without starting a thread: the simulator
@@ -613,25 +660,36 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    /// The thread body: wait for inputs, take what is queued, run one step.
+    /// The thread body: wait for inputs, then run one step over them and whatever else is queued.
     pub fn run(&mut self) {
         while let Some(first) = self.rx.blocking_recv() {
-            let mut inputs = vec![first];
-            while inputs.len() < ROUND_INPUTS_MAX {
-                match self.rx.try_recv() {
-                    Ok(input) => inputs.push(input),
-                    Err(_) => break,
-                }
-            }
-            if self.step(inputs).is_err() {
+            if self.step(vec![first]).is_err() {
                 return;
             }
         }
     }
 
+    /// The task body when the driver shares a current-thread runtime with the node's network
+    /// (`NodeConfig::single_thread`): the same steps, but a round that sends appends before its
+    /// fsync lets them leave first (it yields to the runtime), and after every step the
+    /// runtime sends what the step queued and gathers the next inputs. The fsync itself still
+    /// blocks the thread: nothing else on it could run any sooner than the round finishes.
+    pub async fn run_on_runtime(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            if self.step_with(vec![first], Pause::Yield).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// One driver round over `inputs` (plus anything queued on the handle's channel). Returns
     /// the fatal error if storage failed; the driver must not be stepped again after that.
-    pub fn step(&mut self, mut inputs: Vec<Input>) -> Result<(), String> {
+    pub fn step(&mut self, inputs: Vec<Input>) -> Result<(), String> {
+        finish_now(self.step_with(inputs, Pause::Never))
+    }
+
+    async fn step_with(&mut self, mut inputs: Vec<Input>, pause: Pause) -> Result<(), String> {
         while inputs.len() < ROUND_INPUTS_MAX {
             match self.rx.try_recv() {
                 Ok(input) => inputs.push(input),
@@ -642,9 +700,11 @@ impl Driver {
         for input in inputs {
             self.handle(input);
         }
-        if let Err(e) =
-            self.round().and_then(|()| self.maybe_checkpoint()).and_then(|()| self.release_log_segments())
-        {
+        let mut outcome = self.round(pause).await;
+        if outcome.is_ok() {
+            outcome = self.maybe_checkpoint().and_then(|()| self.release_log_segments());
+        }
+        if let Err(e) = outcome {
             let text = format!("storage failure, node stopping: {e}");
             tracing::error!(node = self.cfg.node_id.0, "{text}");
             if let Ok(mut s) = self.status.lock() {
@@ -990,7 +1050,7 @@ impl Driver {
 
     // ------------------------------------------------------------ the round
 
-    fn round(&mut self) -> Result<(), StorageError> {
+    async fn round(&mut self, pause: Pause) -> Result<(), StorageError> {
         // A leader's commit can move in `advance()` (its own entries became durable), which
         // produces another ready: loop until quiet, each iteration one transaction.
         for _ in 0..4 {
@@ -1003,12 +1063,12 @@ impl Driver {
             if ready_groups.is_empty() {
                 break;
             }
-            self.one_round(&ready_groups)?;
+            self.one_round(&ready_groups, pause).await?;
         }
         Ok(())
     }
 
-    fn one_round(&mut self, ready_groups: &[RangeId]) -> Result<(), StorageError> {
+    async fn one_round(&mut self, ready_groups: &[RangeId], pause: Pause) -> Result<(), StorageError> {
         let mut readies = Vec::with_capacity(ready_groups.len());
         let mut durable = false;
         let mut entries_written = 0u64;
@@ -1070,12 +1130,26 @@ impl Driver {
             round.put_group(range, &g.record)?;
             readies.push((range, rd));
         }
+        let sent_early = !early.is_empty();
         for (_, batch) in std::mem::take(&mut early) {
             metrics::counter!("flotilla_peer_batches_sent_total").increment(1);
             (self.send)(batch);
         }
+        if sent_early && pause == Pause::Yield {
+            // Sharing the runtime with the network: the appends leave now, not after the fsync.
+            tokio::task::yield_now().await;
+        }
         let started = self.clock.now();
-        round.commit_with(durable)?;
+        let mut pending = round.commit_unsynced(durable)?;
+        if pause == Pause::Yield && pending.needs_sync() && entries_written >= OFFLOAD_SYNC_ENTRIES_MIN {
+            // A busy node: the network goes on while a pool thread runs the fsync.
+            pending = tokio::task::spawn_blocking(move || pending.sync().map(|()| pending))
+                .await
+                .map_err(|e| StorageError::Io(format!("the log sync task failed: {e}")))??;
+        } else {
+            pending.sync()?;
+        }
+        pending.finish()?;
         if durable {
             metrics::counter!("flotilla_storage_fsyncs_total").increment(1);
             metrics::histogram!("flotilla_storage_entries_per_fsync").record(entries_written as f64);

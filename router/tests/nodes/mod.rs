@@ -75,6 +75,7 @@ impl Cluster {
                     configure(&mut store);
                     store
                 },
+                single_thread: false,
             };
             nodes.push(Arc::new(Node::start(cfg).await.expect("node starts")));
         }

@@ -1275,7 +1275,13 @@ impl RawNode {
                 self.leader_read(ctx, requester, mode);
             }
         }
-        self.broadcast_append(true);
+        // Entries not yet sent go out now (a `LeaveJoint` just appended, say); the new commit
+        // index alone does not: it rides on the next append or heartbeat to each follower. An
+        // empty append per follower per commit cost every write two more messages, two
+        // responses and the wake-ups of all three nodes, to move followers' commit indexes a
+        // little sooner — which nothing waits for: clients hear from the leader, and the
+        // leader learns of durability from the responses to the entries themselves.
+        self.broadcast_append(false);
     }
 
     fn committed_in_term(&self) -> bool {

@@ -458,6 +458,14 @@ impl Network {
         }
     }
 
+    /// Ticks the leader `id` until it heartbeats, and delivers: followers learn its commit
+    /// index (a commit alone sends nothing).
+    fn heartbeat(&mut self, id: u64) {
+        let ticks = self.peer(id).cfg.heartbeat_ticks as usize;
+        self.tick(id, ticks);
+        self.deliver();
+    }
+
     /// `rounds` times: every node ticks once, then the network delivers until quiet.
     fn tick_all(&mut self, rounds: usize) {
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
@@ -1883,7 +1891,37 @@ fn replication_batching_respects_max_msg_entries() {
             })
             .collect();
         assert_eq!(sizes, vec![3, 3, 3, 1], "appends to n{follower}");
+    }
+    net.heartbeat(1);
+    for follower in [2, 3] {
         assert_eq!(net.commands(follower).len(), 10);
+    }
+}
+
+/// A commit sends no message of its own: followers learn the commit index with the next append
+/// or heartbeat (each write would otherwise cost an empty append and its response per follower).
+#[test]
+fn a_commit_rides_on_the_next_append_or_heartbeat() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    net.heartbeat(1);
+    let mark = net.delivered.len();
+    net.propose(1, cmd(1));
+    net.deliver();
+    assert_eq!(net.commands(1).len(), 1, "the leader applied the write");
+    let empty_appends = net.delivered_since(
+        mark,
+        |m| matches!(&m.body, MessageBody::Append { entries, .. } if entries.is_empty()),
+    );
+    assert_eq!(empty_appends, 0, "no append without entries for the commit");
+    assert!(net.commands(2).is_empty() && net.commands(3).is_empty(), "followers do not know yet");
+    // The next write carries the previous commit.
+    net.propose(1, cmd(2));
+    net.deliver();
+    assert_eq!(net.commands(2).len(), 1);
+    net.heartbeat(1);
+    for id in [2, 3] {
+        assert_eq!(net.commands(id).len(), 2, "n{id} after the heartbeat");
     }
 }
 
@@ -1906,6 +1944,7 @@ fn replication_batching_respects_max_msg_bytes() {
         .collect();
     assert_eq!(bytes.len(), 3, "{bytes:?}");
     assert!(bytes.iter().all(|&b| b <= 300), "{bytes:?}");
+    net.heartbeat(1);
     assert_eq!(net.commands(2).len(), 6);
 }
 

@@ -847,3 +847,49 @@ fn log_segment_files_roll_and_go_on_a_real_directory() {
     let loaded = s.load_group(r).unwrap().unwrap().0.entries;
     assert_eq!(loaded.iter().map(|e| e.index.0).collect::<Vec<_>>(), vec![31, 32]);
 }
+
+#[test]
+fn a_round_synced_on_another_thread_loads_like_one_synced_in_place() {
+    each_backend(|name, s| {
+        let r = RangeId(3);
+        let mut round = s.begin_round().unwrap();
+        round.put_group(r, &GroupRecord::default()).unwrap();
+        round.append(r, &[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
+        let mut pending = round.commit_unsynced(true).unwrap();
+        assert!(pending.needs_sync(), "{name}: a round that appended has an fsync to do");
+        let pending = std::thread::spawn(move || {
+            pending.sync().unwrap();
+            pending
+        })
+        .join()
+        .unwrap();
+        assert!(!pending.needs_sync());
+        pending.finish().unwrap();
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(3, 1, b"c")]).unwrap();
+        round.commit().unwrap();
+        s.reload_log().unwrap();
+        let (initial, _) = s.load_group(r).unwrap().expect("group exists");
+        let got: Vec<u64> = initial.entries.iter().map(|e| e.index.0).collect();
+        assert_eq!(got, vec![1, 2, 3], "{name}");
+    });
+}
+
+#[test]
+fn a_pending_round_finished_unsynced_or_dropped_poisons_the_storage() {
+    each_backend(|name, s| {
+        let r = RangeId(4);
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(1, 1, b"a")]).unwrap();
+        let pending = round.commit_unsynced(true).unwrap();
+        assert!(pending.finish().is_err(), "{name}: finished before its fsync");
+        assert!(s.begin_round().is_err(), "{name}: the storage is poisoned");
+    });
+    each_backend(|name, s| {
+        let r = RangeId(4);
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(1, 1, b"a")]).unwrap();
+        drop(round.commit_unsynced(true).unwrap());
+        assert!(s.begin_round().is_err(), "{name}: a dropped pending round poisons the storage");
+    });
+}

@@ -311,23 +311,24 @@ impl Wal {
         let Some((&id, seg)) = self.segments.iter_mut().next_back() else {
             return Err(StorageError::Io("no log segment".into()));
         };
-        let what = format!("log segment {id}");
+        // Named only on failure: this runs for every round.
+        let fail = |e| io_err(&format!("log segment {id}"), e);
         let end = seg.len + frame.len() as u64;
         if end <= seg.capacity {
-            seg.file.write(seg.len, frame).map_err(|e| io_err(&what, e))?;
+            seg.file.write(seg.len, frame).map_err(fail)?;
         } else {
             // Grow the file by whole steps of zeros, written a page at a time: the page cache
             // sizes its folios by the write, and a record's fdatasync writes back (and
             // `/proc/*/io` counts) the whole folio it dirtied.
             let step = self.opts.prealloc_bytes.max(1);
             let capacity = end.div_ceil(step) * step;
-            seg.file.write(seg.len, frame).map_err(|e| io_err(&what, e))?;
+            seg.file.write(seg.len, frame).map_err(fail)?;
             let zeros = [0u8; ZERO_WRITE_BYTES];
             let mut at = end;
             while at < capacity {
                 let upto = (at / ZERO_WRITE_BYTES as u64 + 1) * ZERO_WRITE_BYTES as u64;
                 let n = (upto.min(capacity) - at) as usize;
-                seg.file.write(at, &zeros[..n]).map_err(|e| io_err(&what, e))?;
+                seg.file.write(at, &zeros[..n]).map_err(fail)?;
                 at += n as u64;
             }
             seg.capacity = capacity;

@@ -621,7 +621,8 @@ pub struct Driver {
     status: Arc<Mutex<StoreStatus>>,
     routing: Arc<Mutex<Routing>>,
     /// (range, index) → (term proposed in, reply).
-    proposals: IntMap<(RangeId, LogIndex), (Term, Reply<CommandResult>)>,
+    /// Proposals waiting for their entry to apply: the term they were proposed in and when.
+    proposals: IntMap<(RangeId, LogIndex), (Term, Duration, Reply<CommandResult>)>,
     reads: BTreeMap<u64, PendingRead>,
     next_ctx: u64,
     started: Duration,
@@ -753,7 +754,7 @@ impl Driver {
     }
 
     fn fail_everything(&mut self, error: KvError) {
-        for (_, (_, reply)) in self.proposals.drain() {
+        for (_, (_, _, reply)) in self.proposals.drain() {
             let _ = reply.send(Err(KvError::Unknown(error.to_string())));
         }
         for (_, read) in std::mem::take(&mut self.reads) {
@@ -1002,6 +1003,7 @@ impl Driver {
 
     fn handle_propose(&mut self, range: RangeId, command: Command, reply: Reply<CommandResult>) {
         self.wake(range);
+        let now = self.clock.now();
         let Some(g) = self.groups.get_mut(&range) else {
             let _ = reply.send(Err(KvError::RangeNotFound(range)));
             return;
@@ -1013,7 +1015,7 @@ impl Driver {
         match g.raft.propose(command.encode()) {
             Ok(index) => {
                 metrics::counter!("flotilla_raft_proposals_total").increment(1);
-                self.proposals.insert((range, index), (g.raft.term(), reply));
+                self.proposals.insert((range, index), (g.raft.term(), now, reply));
                 self.touched.insert(range);
             }
             Err(RaftError::NotLeader { leader_hint }) => {
@@ -1166,8 +1168,13 @@ impl Driver {
         metrics::gauge!("flotilla_raft_apply_lag_entries").set(lag as f64);
 
         // The round is durable: now messages may leave, and clients may hear back.
+        let now = self.clock.now();
         for (range, index, term, result) in applied_results {
-            if let Some((proposed_term, reply)) = self.proposals.remove(&(range, index)) {
+            if let Some((proposed_term, proposed_at, reply)) = self.proposals.remove(&(range, index)) {
+                // From the driver taking the proposal to its answer: the write's time inside
+                // this node (replication and both fsyncs included), without the client's hops.
+                metrics::histogram!("flotilla_store_write_seconds")
+                    .record(now.saturating_sub(proposed_at).as_secs_f64());
                 let answer = if proposed_term == term {
                     Ok(result.unwrap_or(CommandResult::Rejected("not a command entry".into())))
                 } else {

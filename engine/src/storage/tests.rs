@@ -849,6 +849,7 @@ fn log_segment_files_roll_and_go_on_a_real_directory() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // the point: the fsync runs on another thread
 fn a_round_synced_on_another_thread_loads_like_one_synced_in_place() {
     each_backend(|name, s| {
         let r = RangeId(3);

@@ -367,11 +367,14 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
         let backend = Arc::new(ClusterBackend::new(node.clone()));
         let watch = node.clone();
         let fatal = async move {
-            // Stop when the driver reports a fatal storage failure.
+            // Stop when the driver reports a fatal storage failure, or is gone without one.
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if let Some(reason) = watch.store.fatal() {
                     return reason;
+                }
+                if watch.store.driver_stopped() {
+                    return "the Raft driver stopped unexpectedly (its panic is printed above)".to_string();
                 }
             }
         };

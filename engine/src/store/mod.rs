@@ -277,6 +277,12 @@ impl StoreHandle {
         self.routing.lock().ok()?.fatal.clone()
     }
 
+    /// Whether the driver has stopped: after a fatal storage failure, or a panic (whose message
+    /// the panic hook printed). Nothing is served after it.
+    pub fn driver_stopped(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Whether this node presumes `peer` dead (node liveness).
     pub fn peer_dead(&self, peer: NodeId) -> bool {
         self.routing.lock().is_ok_and(|r| r.dead_peers.contains(&peer))

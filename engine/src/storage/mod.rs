@@ -241,6 +241,9 @@ pub struct NodeStorage {
     /// A redb commit without an fsync has not been followed by one with: log segments may not
     /// be deleted on the strength of it.
     redb_unsynced: Arc<AtomicBool>,
+    /// A `PendingCommit` is out: no round may begin until it is finished (the log's next
+    /// sequence number moves only then).
+    unfinished: Arc<AtomicBool>,
 }
 
 /// Key-value writes not in the data table yet, in key order: `None` is a deletion.
@@ -630,6 +633,7 @@ impl NodeStorage {
             overlay: Arc::new(std::sync::Mutex::new(overlay)),
             wal: Arc::new(std::sync::Mutex::new(wal)),
             redb_unsynced: Arc::new(AtomicBool::new(false)),
+            unfinished: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -744,6 +748,9 @@ impl NodeStorage {
     /// Starts the one write transaction of a driver round.
     pub fn begin_round(&self) -> Result<Round<'_>, StorageError> {
         self.check_poison()?;
+        if self.unfinished.load(Ordering::Acquire) {
+            return Err(StorageError::Io("a round began before the previous one's commit finished".into()));
+        }
         Ok(Round {
             txn: None,
             storage: self,
@@ -1479,6 +1486,7 @@ impl Round<'_> {
                 return Err(e);
             }
         };
+        storage.unfinished.store(true, Ordering::Release);
         Ok(PendingCommit {
             storage: storage.clone(),
             seq,
@@ -1595,6 +1603,7 @@ impl PendingCommit {
         }
         self.done = true;
         let storage = &self.storage;
+        storage.unfinished.store(false, Ordering::Release);
         {
             let mut state = storage.log_state();
             state.committed(self.seq, &self.spans, &self.dead_segments, &self.compactions, &self.reset);

@@ -893,4 +893,14 @@ fn a_pending_round_finished_unsynced_or_dropped_poisons_the_storage() {
         drop(round.commit_unsynced(true).unwrap());
         assert!(s.begin_round().is_err(), "{name}: a dropped pending round poisons the storage");
     });
+    each_backend(|name, s| {
+        let r = RangeId(4);
+        let mut round = s.begin_round().unwrap();
+        round.append(r, &[entry(1, 1, b"a")]).unwrap();
+        let mut pending = round.commit_unsynced(true).unwrap();
+        assert!(s.begin_round().is_err(), "{name}: no round before the pending one finishes");
+        pending.sync().unwrap();
+        pending.finish().unwrap();
+        assert!(s.begin_round().is_ok(), "{name}: rounds go on once it finished");
+    });
 }

@@ -494,8 +494,9 @@ pub fn start(
 }
 
 /// Like [`start`], but the driver runs as a task on the current runtime instead of a thread of
-/// its own. The runtime must be a current-thread runtime that only this node uses: a round's
-/// fsync blocks it (see `Driver::run_on_runtime`).
+/// its own. The runtime must be a current-thread runtime that only this node uses: the
+/// driver's synchronous work (small rounds' fsyncs, checkpoints) blocks it (see
+/// `Driver::run_on_runtime`).
 pub fn start_on_runtime(
     cfg: StoreConfig,
     storage: NodeStorage,
@@ -678,9 +679,11 @@ impl Driver {
 
     /// The task body when the driver shares a current-thread runtime with the node's network
     /// (`NodeConfig::single_thread`): the same steps, but a round that sends appends before its
-    /// fsync lets them leave first (it yields to the runtime), and after every step the
-    /// runtime sends what the step queued and gathers the next inputs. The fsync itself still
-    /// blocks the thread: nothing else on it could run any sooner than the round finishes.
+    /// fsync lets them leave first (it yields to the runtime), a round of
+    /// `OFFLOAD_SYNC_ENTRIES_MIN` entries or more waits for its fsync on a pool thread while the
+    /// runtime serves the network, and after every step the runtime sends what the step queued
+    /// and gathers the next inputs. Smaller rounds' fsyncs, checkpoints and snapshot work still
+    /// block the thread — and with it this node's network — while they run.
     pub async fn run_on_runtime(mut self) {
         while let Some(first) = self.rx.recv().await {
             if self.step_with(vec![first], Pause::Yield).await.is_err() {

@@ -201,3 +201,73 @@ fn a_dead_leader_of_quiesced_groups_is_replaced() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The driver as a task on a current-thread runtime (`--io-threads 0`), on a real data
+/// directory: 200 concurrent writes make rounds of many entries, whose fsyncs run on a pool
+/// thread while the runtime goes on; every write is answered and readable, and all of it is
+/// there again after a restart.
+#[test]
+fn a_driver_on_the_runtime_commits_concurrent_writes_and_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let me = NodeId(1);
+    let bootstrap = initial_ranges(1, &[me]);
+    let range = bootstrap[0].id;
+    let run = |writes: bool| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let mut cfg = StoreConfig::new(me);
+            cfg.tick_interval = Duration::from_millis(10);
+            let send: BatchSender = Arc::new(|_batch: RaftBatch| {});
+            let storage = NodeStorage::open(&path).unwrap();
+            let handle = start_on_runtime(cfg, storage, &bootstrap, Vec::new(), send).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while handle.leader_of(range) != Some(me) {
+                assert!(Instant::now() < deadline, "the single replica never led");
+                handle.tick();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if writes {
+                let tasks: Vec<_> = (0..200u32)
+                    .map(|i| {
+                        let h = handle.clone();
+                        tokio::spawn(async move {
+                            let command = Command::Put {
+                                key: format!("k{i:03}").into_bytes(),
+                                value: i.to_be_bytes().to_vec(),
+                                condition: SetCondition::Always,
+                            };
+                            h.propose(range, command).await
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    assert_eq!(task.await.unwrap(), Ok(CommandResult::Written(true)));
+                }
+            }
+            for i in (0..200u32).step_by(7) {
+                let got = handle.read(range, ReadOp::Get { key: format!("k{i:03}").into_bytes() }).await;
+                assert_eq!(got, Ok(ReadResult::Value(Some(i.to_be_bytes().to_vec()))), "k{i:03}");
+            }
+            assert!(!handle.driver_stopped());
+        });
+    };
+    run(true);
+    run(false);
+}
+
+#[test]
+fn a_driver_on_the_runtime_needs_a_current_thread_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let _guard = runtime.enter();
+    let send: BatchSender = Arc::new(|_batch: RaftBatch| {});
+    let bootstrap = initial_ranges(1, &[NodeId(1)]);
+    let started = start_on_runtime(
+        StoreConfig::new(NodeId(1)),
+        NodeStorage::in_memory().unwrap(),
+        &bootstrap,
+        Vec::new(),
+        send,
+    );
+    assert!(matches!(started, Err(KvError::Invalid(_))), "{started:?}");
+}

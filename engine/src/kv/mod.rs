@@ -101,7 +101,7 @@ impl Command {
     }
 
     /// Applies the command inside the round's write transaction.
-    pub fn apply(&self, round: &mut Round<'_>) -> Result<CommandResult, StorageError> {
+    pub fn apply(&self, round: &mut Round) -> Result<CommandResult, StorageError> {
         Ok(match self {
             Command::Put { key, value, condition } => {
                 let allowed = match condition {

@@ -746,14 +746,14 @@ impl NodeStorage {
     }
 
     /// Starts the one write transaction of a driver round.
-    pub fn begin_round(&self) -> Result<Round<'_>, StorageError> {
+    pub fn begin_round(&self) -> Result<Round, StorageError> {
         self.check_poison()?;
         if self.unfinished.load(Ordering::Acquire) {
             return Err(StorageError::Io("a round began before the previous one's commit finished".into()));
         }
         Ok(Round {
             txn: None,
-            storage: self,
+            storage: self.clone(),
             appended: Vec::new(),
             writes: Writes::new(),
             replaced: Vec::new(),
@@ -1099,9 +1099,10 @@ struct SnapshotData {
 /// The redb transaction begins only when the round has something for the file: log entries,
 /// a changed hard state or snapshot, a snapshot install, a checkpoint. A round that only
 /// applies committed entries touches memory only (the overlay).
-pub struct Round<'s> {
+pub struct Round {
     txn: Option<redb::WriteTransaction>,
-    storage: &'s NodeStorage,
+    /// Its own handle (shared state): a round may be committed on another thread.
+    storage: NodeStorage,
     /// The entries appended in this round, written as one record at commit.
     appended: LogRecord,
     /// The key-value writes of the entries applied in this round.
@@ -1158,13 +1159,13 @@ impl Checkpoint {
     }
 }
 
-impl std::fmt::Debug for Round<'_> {
+impl std::fmt::Debug for Round {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Round")
     }
 }
 
-impl Round<'_> {
+impl Round {
     /// The round's redb transaction, begun on first use.
     fn txn(&mut self) -> Result<&redb::WriteTransaction, StorageError> {
         let txn = match self.txn.take() {
@@ -1353,7 +1354,8 @@ impl Round<'_> {
     /// returned commit — on this thread or another — and finishes it before the next round
     /// begins. Nothing of the round may be acknowledged before.
     pub fn commit_unsynced(mut self, durable: bool) -> Result<PendingCommit, StorageError> {
-        let storage = self.storage;
+        let storage = self.storage.clone();
+        let storage = &storage;
         let writes = std::mem::take(&mut self.writes);
         // Readers lock the overlay while they begin a read transaction: holding it from here
         // to the overlay's update keeps the two in agreement for them.

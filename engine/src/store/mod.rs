@@ -495,7 +495,7 @@ pub fn start(
 
 /// Like [`start`], but the driver runs as a task on the current runtime instead of a thread of
 /// its own. The runtime must be a current-thread runtime that only this node uses: the
-/// driver's synchronous work (small rounds' fsyncs, checkpoints) blocks it (see
+/// driver's synchronous work (small rounds' fsyncs, compactions) blocks it (see
 /// `Driver::run_on_runtime`).
 pub fn start_on_runtime(
     cfg: StoreConfig,
@@ -680,10 +680,11 @@ impl Driver {
     /// The task body when the driver shares a current-thread runtime with the node's network
     /// (`NodeConfig::single_thread`): the same steps, but a round that sends appends before its
     /// fsync lets them leave first (it yields to the runtime), a round of
-    /// `OFFLOAD_SYNC_ENTRIES_MIN` entries or more waits for its fsync on a pool thread while the
-    /// runtime serves the network, and after every step the runtime sends what the step queued
-    /// and gathers the next inputs. Smaller rounds' fsyncs, checkpoints and snapshot work still
-    /// block the thread — and with it this node's network — while they run.
+    /// `OFFLOAD_SYNC_ENTRIES_MIN` entries or more and every checkpoint wait for their fsyncs on
+    /// a pool thread while the runtime serves the network, and after every step the runtime
+    /// sends what the step queued and gathers the next inputs. Smaller rounds' fsyncs,
+    /// compactions and snapshot work still block the thread — and with it this node's network
+    /// — while they run.
     pub async fn run_on_runtime(mut self) {
         while let Some(first) = self.rx.recv().await {
             if self.step_with(vec![first], Pause::Yield).await.is_err() {
@@ -712,7 +713,7 @@ impl Driver {
         }
         let mut outcome = self.round(pause).await;
         if outcome.is_ok() {
-            outcome = self.maybe_checkpoint().and_then(|()| self.release_log_segments());
+            outcome = self.maybe_checkpoint(pause).await.and_then(|()| self.release_log_segments());
         }
         if let Err(e) = outcome {
             let text = format!("storage failure, node stopping: {e}");
@@ -1237,7 +1238,7 @@ impl Driver {
     /// so nothing else would make it durable soon (a checkpoint lost in a crash is harmless —
     /// the groups re-apply from the previous one, whose log entries are still there — but
     /// redb reuses the pages a commit frees only after a durable one).
-    fn maybe_checkpoint(&mut self) -> Result<(), StorageError> {
+    async fn maybe_checkpoint(&mut self, pause: Pause) -> Result<(), StorageError> {
         let now = self.clock.now();
         let (bytes, groups) = self.storage.unflushed();
         if groups == 0 {
@@ -1263,7 +1264,15 @@ impl Driver {
                     .map(|(_, g)| (g.desc.id, g.desc.start.clone(), g.desc.end.clone())),
             );
         }
-        round.commit()?;
+        if pause == Pause::Yield {
+            // Sharing the runtime with the network: the checkpoint's write and fsync (a few
+            // milliseconds) run on a pool thread, the network goes on.
+            tokio::task::spawn_blocking(move || round.commit())
+                .await
+                .map_err(|e| StorageError::Io(format!("the checkpoint task failed: {e}")))??;
+        } else {
+            round.commit()?;
+        }
         self.last_checkpoint = now;
         metrics::counter!("flotilla_storage_checkpoints_total").increment(1);
         metrics::histogram!("flotilla_storage_checkpoint_bytes").record(bytes as f64);

@@ -627,8 +627,8 @@ pub struct Driver {
     rx: mpsc::Receiver<Input>,
     status: Arc<Mutex<StoreStatus>>,
     routing: Arc<Mutex<Routing>>,
-    /// (range, index) → (term proposed in, reply).
-    /// Proposals waiting for their entry to apply: the term they were proposed in and when.
+    /// (range, index) → proposals waiting for their entry to apply: the term they were proposed
+    /// in, when, and whom to answer.
     proposals: IntMap<(RangeId, LogIndex), (Term, Duration, Reply<CommandResult>)>,
     reads: BTreeMap<u64, PendingRead>,
     next_ctx: u64,

@@ -29,9 +29,9 @@ use crate::transport::wire::RaftBatch;
 /// Wake-ups per node: the ticker's period.
 const WAKE_US: u64 = 25_000;
 /// After healing, ranges must converge within this much simulated time.
+const CONVERGE_BOUND_US: u64 = 30_000_000;
 /// How long after convergence a quiet cluster must have deleted its dead log segments.
 const LOG_RECLAIM_US: u64 = 10_000_000;
-const CONVERGE_BOUND_US: u64 = 30_000_000;
 const TRACE_LINES: usize = 40;
 
 /// What to simulate at the node level.

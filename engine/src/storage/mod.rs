@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 pub use faulty::{Faults, FaultyBackend, FaultyLogDir};
 pub use simdisk::SimDisk;
-pub use wal::{FsLogDir, LogDir, WalOptions};
+pub use wal::{LogDir, WalOptions};
 pub use writeback::WritebackBackend;
 
 use crate::ids::{IntMap, RangeId};
@@ -86,10 +86,14 @@ fn io<E: Into<redb::Error>>(e: E) -> StorageError {
     let text = e.to_string();
     match e {
         redb::Error::Corrupted(_) => StorageError::Corrupt(text),
-        redb::Error::Io(io) if io.raw_os_error() == Some(28) => StorageError::DiskFull(text),
-        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StorageError::DiskFull(text),
+        redb::Error::Io(io) if is_disk_full(&io) => StorageError::DiskFull(text),
         _ => StorageError::Io(text),
     }
+}
+
+/// ENOSPC, whether or not the standard library names it.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// A range: a contiguous span of keys `[start, end)` (`end` empty = to the end of the keyspace)
@@ -541,7 +545,7 @@ impl NodeStorage {
 
     fn log_dir(path: &Path, writeback: bool) -> Result<Arc<dyn LogDir>, StorageError> {
         let dir = path.with_extension("wal");
-        let log = FsLogDir::new(dir.clone(), writeback)
+        let log = wal::FsLogDir::new(dir.clone(), writeback)
             .map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))?;
         Ok(Arc::new(log))
     }
@@ -987,12 +991,18 @@ impl LogState {
     /// Where `clear_before` gets to once a round with these compactions and snapshot installs
     /// commits: the first record from it on that is not clear then.
     fn advance_clear(&self, compactions: &[(u64, u64)], reset: &[u64]) -> u64 {
+        // Each range's compaction point once the round is in: looked up per range of every
+        // record walked, so gathered once.
+        let mut after: IntMap<u64, u64> = IntMap::default();
+        for &(r, index) in compactions {
+            let c = after.entry(r).or_insert_with(|| self.compacted.get(&r).copied().unwrap_or(0));
+            *c = (*c).max(index);
+        }
         let upto = |r: u64| -> u64 {
             if reset.contains(&r) {
                 return u64::MAX;
             }
-            let base = self.compacted.get(&r).copied().unwrap_or(0);
-            compactions.iter().filter(|(x, _)| *x == r).map(|&(_, u)| u).fold(base, u64::max)
+            after.get(&r).or_else(|| self.compacted.get(&r)).copied().unwrap_or(0)
         };
         for (&seq, ranges) in self.records.range(self.clear_before..) {
             if !ranges.iter().all(|&r| self.clear(seq, r, upto(r))) {
@@ -1377,6 +1387,9 @@ impl Round {
             (state.next_seq, from_seq)
         };
         let mut store = Vec::new();
+        // Where the logs are compacted once this round is in: at a stored snapshot that moves
+        // in it, which is what a load drops entries up to — one source for both.
+        let mut compactions: Vec<(u64, u64)> = Vec::new();
         for range in ranges {
             let mut record = match self.groups.get(&range) {
                 Some(host) => host.clone(),
@@ -1397,14 +1410,18 @@ impl Round {
             } else {
                 from_seq.get(&range).copied().unwrap_or(0)
             };
-            if stored.is_none_or(|s| s.durable != DurableFields::of(&record)) {
+            let durable = DurableFields::of(&record);
+            if stored.is_none_or(|s| s.durable != durable) {
+                // Only a snapshot that moved is a compaction: a checkpoint or a new term stores
+                // the record again with the same one.
+                if let Some((index, _)) =
+                    durable.snapshot.filter(|&snap| stored.and_then(|s| s.durable.snapshot) != Some(snap))
+                {
+                    compactions.push((range, index.0));
+                }
                 store.push((range, StoredRecord::new(&record)?));
             }
         }
-        // Where the logs are compacted once this round is in: at its stored snapshot, which is
-        // what a load drops entries up to — one source for both.
-        let compactions: Vec<(u64, u64)> =
-            store.iter().filter_map(|(r, s)| s.durable.snapshot.map(|(index, _)| (*r, index.0))).collect();
         // Ranges whose logs a snapshot replaced in this round.
         let reset: Vec<u64> = self.installed.keys().copied().collect();
         let (dead_segments, clear_before) = {

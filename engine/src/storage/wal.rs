@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use redb::StorageBackend;
 
-use super::{crc32c_update, StorageError};
+use super::{crc32c_update, is_disk_full, StorageError};
 
 /// Where the log's segment files live.
 pub trait LogDir: Send + Sync + std::fmt::Debug + 'static {
@@ -154,11 +154,18 @@ pub struct Wal {
 }
 
 fn io_err(what: &str, e: io::Error) -> StorageError {
-    if e.raw_os_error() == Some(28) || e.kind() == io::ErrorKind::StorageFull {
+    if is_disk_full(&e) {
         StorageError::DiskFull(format!("{what}: {e}"))
     } else {
         StorageError::Io(format!("{what}: {e}"))
     }
+}
+
+/// A segment's first `len` bytes.
+fn read_bytes(file: &dyn StorageBackend, len: u64, what: &str) -> Result<Vec<u8>, StorageError> {
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+    file.read(0, &mut bytes).map_err(|e| io_err(what, e))?;
+    Ok(bytes)
 }
 
 fn frame_sum(seq: u64, body: &[u8]) -> u32 {
@@ -230,8 +237,7 @@ impl Wal {
             let what = format!("log segment {id}");
             let file = wal.dir.open_segment(id).map_err(|e| io_err(&what, e))?;
             let capacity = file.len().map_err(|e| io_err(&what, e))?;
-            let mut bytes = vec![0u8; usize::try_from(capacity).unwrap_or(usize::MAX)];
-            file.read(0, &mut bytes).map_err(|e| io_err(&what, e))?;
+            let bytes = read_bytes(&*file, capacity, &what)?;
             let (records, end, clean) = parse(&bytes, wal.last_seq.or(id.checked_sub(1)));
             if !clean && !last {
                 return Err(StorageError::Corrupt(format!(
@@ -263,8 +269,7 @@ impl Wal {
     ) -> Result<(), StorageError> {
         for (id, seg) in &self.segments {
             let what = format!("log segment {id}");
-            let mut bytes = vec![0u8; seg.len as usize];
-            seg.file.read(0, &mut bytes).map_err(|e| io_err(&what, e))?;
+            let bytes = read_bytes(&*seg.file, seg.len, &what)?;
             let (records, end, _) = parse(&bytes, None);
             if end as u64 != seg.len {
                 return Err(StorageError::Corrupt(format!("{what}: bad record at byte {end}")));
@@ -285,7 +290,7 @@ impl Wal {
     }
 
     /// Writes a record's frame (from [`encode_frame`]) after the last one, in a new segment if
-    /// the last is full. Not durable until [`sync`](Self::sync).
+    /// the last is full. Not durable until synced (see [`syncer`](Self::syncer)).
     pub fn append(&mut self, seq: u64, frame: &[u8]) -> Result<(), StorageError> {
         assert!(self.last_seq.is_none_or(|l| seq > l), "log record {seq} after {:?}", self.last_seq);
         let full = self
@@ -296,8 +301,8 @@ impl Wal {
         if full {
             // The closing segment is synced now (a round that wrote to it without an fsync
             // would otherwise never be); a new segment's first sequence number is its name.
-            if let Some((id, seg)) = self.segments.iter().next_back() {
-                seg.file.sync_data().map_err(|e| io_err(&format!("log segment {id}"), e))?;
+            if let Some(closing) = self.syncer() {
+                closing.sync()?;
             }
             let what = format!("log segment {seq}");
             let file = self.dir.open_segment(seq).map_err(|e| io_err(&what, e))?;
@@ -314,15 +319,13 @@ impl Wal {
         // Named only on failure: this runs for every round.
         let fail = |e| io_err(&format!("log segment {id}"), e);
         let end = seg.len + frame.len() as u64;
-        if end <= seg.capacity {
-            seg.file.write(seg.len, frame).map_err(fail)?;
-        } else {
+        seg.file.write(seg.len, frame).map_err(fail)?;
+        if end > seg.capacity {
             // Grow the file by whole steps of zeros, written a page at a time: the page cache
             // sizes its folios by the write, and a record's fdatasync writes back (and
             // `/proc/*/io` counts) the whole folio it dirtied.
             let step = self.opts.prealloc_bytes.max(1);
             let capacity = end.div_ceil(step) * step;
-            seg.file.write(seg.len, frame).map_err(fail)?;
             let zeros = [0u8; ZERO_WRITE_BYTES];
             let mut at = end;
             while at < capacity {

@@ -349,6 +349,17 @@ enum Pause {
     Yield,
 }
 
+/// Runs blocking storage work on tokio's pool thread (`Pause::Yield`): the runtime serves the
+/// network meanwhile. A panic there is a storage failure like any other.
+async fn on_pool_thread<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::Io(format!("{what} task failed: {e}")))?
+}
+
 /// Runs a step that never pauses (`Pause::Never`): it completes in its first poll.
 fn finish_now<T>(step: impl std::future::Future<Output = T>) -> T {
     let mut step = std::pin::pin!(step);
@@ -1155,9 +1166,7 @@ impl Driver {
         let mut pending = round.commit_unsynced(durable)?;
         if pause == Pause::Yield && pending.needs_sync() && entries_written >= OFFLOAD_SYNC_ENTRIES_MIN {
             // A busy node: the network goes on while a pool thread runs the fsync.
-            pending = tokio::task::spawn_blocking(move || pending.sync().map(|()| pending))
-                .await
-                .map_err(|e| StorageError::Io(format!("the log sync task failed: {e}")))??;
+            pending = on_pool_thread("the log sync", move || pending.sync().map(|()| pending)).await?;
         } else {
             pending.sync()?;
         }
@@ -1267,9 +1276,7 @@ impl Driver {
         if pause == Pause::Yield {
             // Sharing the runtime with the network: the checkpoint's write and fsync (a few
             // milliseconds) run on a pool thread, the network goes on.
-            tokio::task::spawn_blocking(move || round.commit())
-                .await
-                .map_err(|e| StorageError::Io(format!("the checkpoint task failed: {e}")))??;
+            on_pool_thread("the checkpoint", move || round.commit()).await?;
         } else {
             round.commit()?;
         }

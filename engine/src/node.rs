@@ -38,6 +38,15 @@ use crate::transport::{
 /// A forwarded request gives up after this; a write's outcome is then unknown.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often a forwarded request looks whether its target still leads the range as far as
+/// this node knows (see `Node::forward`).
+const FORWARD_RECHECK: Duration = Duration::from_millis(50);
+
+/// A forwarded request whose target this node has seen lose the range is still given this long
+/// to answer — a leader that handed over its leadership answers its last writes within
+/// milliseconds, and this node's own view may be the stale one — before the wait is given up.
+const FORWARD_GRACE_AFTER_LEADER_CHANGE: Duration = Duration::from_millis(300);
+
 /// Capacity of the channel from the transport to the driver.
 const INBOUND_BATCHES_MAX: usize = 4_096;
 
@@ -328,13 +337,58 @@ impl Node {
         }
     }
 
+    /// Sends `request` to `node`, which this node believes leads the request's range, and
+    /// waits for its answer — but not past the point where this node knows better: when `node`
+    /// is presumed dead, or another node has led the range for `FORWARD_GRACE_AFTER_LEADER_CHANGE`
+    /// as far as this node sees, the answer may never come (a leader that hears nothing can
+    /// neither answer nor learn it was deposed), so the wait ends there instead of at
+    /// `FORWARD_TIMEOUT`. A read is then answered `NotLeader` with the new leader (the caller
+    /// retries there: reads are safe to repeat); a write "outcome unknown".
     async fn forward(&self, node: NodeId, request: KvRequest) -> Result<KvResponse, KvError> {
-        let is_write = matches!(request, KvRequest::Propose { .. });
+        let (range, is_write) = match &request {
+            KvRequest::Propose { range, .. } => (Some(*range), true),
+            KvRequest::Read { range, .. } => (Some(*range), false),
+            KvRequest::Describe => (None, false),
+        };
         let payload = postcard::to_stdvec(&request).map_err(|e| KvError::Invalid(e.to_string()))?;
         if self.store.peer_dead(node) {
             return Err(KvError::Unavailable(format!("{node} is not responding")));
         }
-        match self.transport.request(node, payload, FORWARD_TIMEOUT).await {
+        let answer = self.transport.request(node, payload, FORWARD_TIMEOUT);
+        tokio::pin!(answer);
+        let mut recheck =
+            tokio::time::interval_at(tokio::time::Instant::now() + FORWARD_RECHECK, FORWARD_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deposed_since: Option<tokio::time::Instant> = None;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut answer => break answer,
+                _ = recheck.tick() => {
+                    let leader = range.and_then(|r| self.store.leader_of(r));
+                    let dead = self.store.peer_dead(node);
+                    if !dead && leader.is_none_or(|l| l == node) {
+                        deposed_since = None;
+                        continue;
+                    }
+                    let since = *deposed_since.get_or_insert_with(tokio::time::Instant::now);
+                    if !dead && since.elapsed() < FORWARD_GRACE_AFTER_LEADER_CHANGE {
+                        continue;
+                    }
+                    metrics::counter!("flotilla_forwards_abandoned_total").increment(1);
+                    let why = if dead {
+                        format!("{node} stopped responding")
+                    } else {
+                        format!("{node} no longer leads the range")
+                    };
+                    return Err(match (is_write, range) {
+                        (true, _) => KvError::Unknown(format!("forwarded write to {node}: {why}")),
+                        (false, Some(range)) if !dead => KvError::NotLeader { range, leader_hint: leader },
+                        (false, _) => KvError::Unavailable(format!("read via {node}: {why}")),
+                    });
+                }
+            }
+        };
+        match answer {
             Ok(bytes) => {
                 postcard::from_bytes(&bytes).map_err(|e| KvError::Unknown(format!("bad response: {e}")))
             }

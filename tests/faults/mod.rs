@@ -454,6 +454,8 @@ pub struct Report {
     pub availability_during_faults: Option<f64>,
     /// Longest stretch without one successful operation, during the faults.
     pub longest_outage: Duration,
+    /// The fault it happened in.
+    pub longest_outage_in: String,
     /// From the heal until a write succeeded in every range.
     pub recovery: Option<Duration>,
     pub acked_lost: Vec<String>,
@@ -475,9 +477,11 @@ impl Report {
             during.iter().filter(|r| matches!(r.outcome, Outcome::Ok(_))).count() as f64 / during.len() as f64
         });
         // Longest gap between successful returns, within the fault windows.
-        let mut longest = 0u64;
+        let (mut longest, mut longest_in) = (0u64, String::new());
         let last_return = records.iter().map(|r| r.ret).max().unwrap_or(0);
-        for &(_, s, e) in faults {
+        for (what, s, e) in faults {
+            let (s, e) = (*s, *e);
+            let mut gap = 0u64;
             let e = e.unwrap_or(u64::MAX).min(last_return);
             let mut last = s;
             let mut oks: Vec<u64> = records
@@ -487,10 +491,13 @@ impl Report {
                 .collect();
             oks.sort_unstable();
             for t in oks {
-                longest = longest.max(t - last);
+                gap = gap.max(t - last);
                 last = t;
             }
-            longest = longest.max(e.saturating_sub(last));
+            gap = gap.max(e.saturating_sub(last));
+            if gap > longest {
+                (longest, longest_in) = (gap, what.clone());
+            }
         }
         Report {
             name: name.to_string(),
@@ -499,6 +506,7 @@ impl Report {
             unknown: count(|o| matches!(o, Outcome::Unknown(_))),
             availability_during_faults: availability,
             longest_outage: Duration::from_nanos(longest),
+            longest_outage_in: longest_in,
             recovery: None,
             acked_lost: Vec::new(),
             failed_present: Vec::new(),
@@ -518,9 +526,14 @@ impl Report {
         out.push_str(&format!("faults: {}\n", self.faults.join("; ")));
         out.push_str(&format!("ops: {} ok, {} failed, {} unknown\n", self.ok, self.failed, self.unknown));
         out.push_str(&format!(
-            "availability during faults: {}; longest outage {} ms\n",
+            "availability during faults: {}; longest outage {} ms{}\n",
             self.availability_during_faults.map_or("n/a".into(), |a| format!("{:.1}%", a * 100.0)),
-            self.longest_outage.as_millis()
+            self.longest_outage.as_millis(),
+            if self.longest_outage_in.is_empty() {
+                String::new()
+            } else {
+                format!(" (in: {})", self.longest_outage_in)
+            }
         ));
         out.push_str(&format!("recovery after heal (a write in every range): {}\n", ms(self.recovery)));
         out.push_str(&format!(

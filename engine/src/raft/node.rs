@@ -104,6 +104,13 @@ pub struct Config {
     /// the start of the heartbeat round a quorum acknowledged (the 2 covers tick granularity at
     /// both ends); zero or less disables lease reads.
     pub lease_drift_ticks: u32,
+    /// The host keeps the state machine's data and reads a snapshot's data from it when one
+    /// is sent (DESIGN: "a read transaction over the range's key span"): the core keeps only
+    /// snapshot metadata, `compact` takes no data, an `InstallSnapshot` leaves with empty
+    /// data that the host must fill — at the snapshot's index or, via
+    /// [`RawNode::snapshot_meta_at`], a later applied one — and an installed snapshot's data
+    /// is not kept once it is handed to the host in a `Ready`.
+    pub host_snapshot_data: bool,
     /// Testing only: see `PlantedBug`.
     pub planted_bug: Option<PlantedBug>,
 }
@@ -121,6 +128,7 @@ impl Config {
             max_msg_bytes: 1 << 20,
             max_uncommitted_entries: 10_000,
             lease_drift_ticks: 2,
+            host_snapshot_data: false,
             planted_bug: None,
         }
     }
@@ -674,6 +682,7 @@ impl RawNode {
     /// drops the log up to it. Returns the snapshot's metadata, which the host persists.
     pub fn compact(&mut self, index: LogIndex, data: Vec<u8>) -> Result<SnapshotMeta, RaftError> {
         self.debug_assert_not_in_ready();
+        debug_assert!(!self.cfg.host_snapshot_data || data.is_empty(), "the host keeps snapshot data");
         if index > self.log.applied || index <= self.log.offset {
             return Err(RaftError::Compacted { index });
         }
@@ -1480,7 +1489,12 @@ impl RawNode {
         } else {
             self.log.restore(meta.index, meta.term);
             self.snapshot_membership = meta.membership.clone();
-            self.snapshot = Some(snapshot.clone());
+            self.snapshot = Some(if self.cfg.host_snapshot_data {
+                // The host installs the data; sending it on later reads it back from there.
+                Snapshot { meta: snapshot.meta.clone(), data: Vec::new() }
+            } else {
+                snapshot.clone()
+            });
             self.pending_snapshot = Some(snapshot.clone());
             self.refresh_membership();
         }
@@ -1516,6 +1530,18 @@ impl RawNode {
                 });
             }
         }
+    }
+
+    /// The metadata of a snapshot at `index`, a committed index at or after this replica's
+    /// snapshot (for a host that reads snapshot data at its state machine's applied index,
+    /// which may be ahead of the core's until `advance`: `Config::host_snapshot_data`).
+    /// `None` outside that span.
+    pub fn snapshot_meta_at(&self, index: LogIndex) -> Option<SnapshotMeta> {
+        if index < self.log.offset || index > self.log.committed {
+            return None;
+        }
+        let term = self.log.term(index)?;
+        Some(SnapshotMeta { index, term, membership: self.membership_at(index) })
     }
 
     fn membership_at(&self, index: LogIndex) -> Membership {

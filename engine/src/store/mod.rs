@@ -156,6 +156,8 @@ impl StoreConfig {
         cfg.election_ticks = self.election_ticks;
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.lease_drift_ticks = self.lease_drift_ticks;
+        // The range's data is the snapshot: read when one is sent (`queue_message`).
+        cfg.host_snapshot_data = true;
         cfg
     }
 }
@@ -558,28 +560,14 @@ pub fn build(
         let (mut initial, record) = storage.load_group(desc.id).map_err(storage_err)?.ok_or_else(|| {
             KvError::Storage(format!("range {} has a descriptor but no Raft state", desc.id))
         })?;
-        // Snapshot data is not kept on disk: the range's data *is* the snapshot. Rebuild it —
-        // at the snapshot's index if nothing was applied since, otherwise by compacting anew at
-        // the applied index below — so that this replica can send it if it becomes leader.
-        let mut fresh = None;
+        // Snapshot data is not kept apart: the range's data *is* the snapshot, read when one is
+        // sent (`queue_message`). The core keeps only its metadata.
         if let Some(snapshot) = initial.snapshot.as_mut() {
-            let (at, data) = storage.snapshot_range(desc).map_err(storage_err)?;
-            if at == snapshot.meta.index {
-                snapshot.data = data;
-            } else {
-                fresh = Some((at, data));
-            }
+            snapshot.data = Vec::new();
         }
         let seed = cfg.node_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ desc.id.0;
-        let mut raft = RawNode::new(cfg.raft_config(), initial, seed)
+        let raft = RawNode::new(cfg.raft_config(), initial, seed)
             .map_err(|e: RaftError| KvError::Storage(format!("range {}: {e}", desc.id)))?;
-        let mut record = record;
-        if let Some((at, data)) = fresh {
-            let meta = raft.compact(at, data).map_err(|e| {
-                KvError::Storage(format!("range {}: cannot rebuild its snapshot: {e}", desc.id))
-            })?;
-            record.snapshot = Some(meta);
-        }
         groups.insert(desc.id, Group { desc: desc.clone(), raft, record, quiesced: false, idle_ticks: 0 });
     }
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
@@ -1379,15 +1367,8 @@ impl Driver {
                 }
                 continue;
             }
-            // One read transaction gives the data and the applied index it reflects.
-            let (at, data) = match self.storage.snapshot_range(&g.desc) {
-                Ok(snapshot) => snapshot,
-                Err(_) => continue,
-            };
-            if at != applied {
-                continue;
-            }
-            if let Ok(meta) = g.raft.compact(applied, data) {
+            // No data: the range's data is the snapshot, read if one is ever sent.
+            if let Ok(meta) = g.raft.compact(applied, Vec::new()) {
                 g.record.snapshot = Some(meta.clone());
                 compacted.push((range, g.record.clone(), meta.index));
             }
@@ -1426,6 +1407,17 @@ impl Driver {
                 batch.heartbeat_responses.push(HeartbeatResponseEntry { range, term: m.term, read_seq });
             }
             MessageBody::InstallSnapshot { snapshot } => {
+                // A snapshot of this range on its way to this peer in this term is not
+                // restarted: whatever its index, the peer catches up from it with appends.
+                let in_progress = self
+                    .snapshots_out
+                    .get(&(to, range))
+                    .and_then(|q| q.front())
+                    .is_some_and(|c| c.term == m.term);
+                if in_progress {
+                    return;
+                }
+                let Some(snapshot) = self.snapshot_to_send(range, snapshot) else { return };
                 // Split into bounded chunks, sent a few per round by `flush_outbox`.
                 let total = snapshot.data.len() as u64;
                 let size = self.cfg.snapshot_chunk_bytes.max(1);
@@ -1446,19 +1438,46 @@ impl Driver {
                         break;
                     }
                 }
-                // The same snapshot already on its way is not restarted.
-                let in_progress = self
-                    .snapshots_out
-                    .get(&(to, range))
-                    .and_then(|q| q.front())
-                    .is_some_and(|c| c.meta == snapshot.meta && c.term == m.term);
-                if !in_progress {
-                    metrics::counter!("flotilla_snapshots_sent_total").increment(1);
-                    self.snapshots_out.insert((to, range), chunks);
-                }
+                metrics::counter!("flotilla_snapshots_sent_total").increment(1);
+                self.snapshots_out.insert((to, range), chunks);
             }
             _ => batch.messages.push((range, m)),
         }
+    }
+
+    /// The snapshot the core asked to send, with its data: the range's data and applied index
+    /// read in one transaction — a later index than the core's snapshot when entries were
+    /// applied since, and then the core's metadata at that index. `None` (logged; the core
+    /// asks again after its snapshot timeout) if the read fails.
+    fn snapshot_to_send(&self, range: RangeId, requested: Snapshot) -> Option<Snapshot> {
+        let g = self.groups.get(&range)?;
+        let read_started = self.clock.now();
+        let (at, data) = match self.storage.snapshot_range(&g.desc) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(
+                    node = self.cfg.node_id.0,
+                    range = range.0,
+                    "cannot read a snapshot to send: {e}"
+                );
+                return None;
+            }
+        };
+        metrics::histogram!("flotilla_snapshot_read_seconds")
+            .record(self.clock.now().saturating_sub(read_started).as_secs_f64());
+        let requested_index = requested.meta.index;
+        let meta = if at == requested_index { Some(requested.meta) } else { g.raft.snapshot_meta_at(at) };
+        let Some(meta) = meta else {
+            tracing::warn!(
+                node = self.cfg.node_id.0,
+                range = range.0,
+                "range data at i{} outside the log's span (snapshot i{}): snapshot not sent",
+                at.0,
+                requested_index.0
+            );
+            return None;
+        };
+        Some(Snapshot { meta, data })
     }
 
     fn flush_outbox(&mut self) {

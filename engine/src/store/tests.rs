@@ -21,6 +21,10 @@ struct TestCluster {
 
 impl TestCluster {
     fn start(ranges: u32) -> TestCluster {
+        TestCluster::start_with(ranges, |_| {})
+    }
+
+    fn start_with(ranges: u32, tweak: impl Fn(&mut StoreConfig)) -> TestCluster {
         let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
         let bootstrap = initial_ranges(ranges, &ids);
         let slots: Arc<Mutex<Vec<Option<StoreHandle>>>> = Arc::new(Mutex::new(vec![None, None, None]));
@@ -33,6 +37,7 @@ impl TestCluster {
             cfg.heartbeat_ticks = 3;
             cfg.quiesce_idle_ticks = 20;
             cfg.peer_dead_after = Duration::from_millis(600);
+            tweak(&mut cfg);
             let (slots2, cut2) = (slots.clone(), cut.clone());
             let send: BatchSender = Arc::new(move |batch: RaftBatch| {
                 if cut2.lock().unwrap().contains(&(batch.from.0, batch.to.0)) {
@@ -148,6 +153,54 @@ fn conditional_and_atomic_commands_apply_once() {
     assert_eq!(run(Command::Append { key: b"s".to_vec(), suffix: b"c".to_vec() }), CommandResult::Length(3));
     assert_eq!(c.get(b"s"), Some(b"abc".to_vec()));
     assert_eq!(run(Command::Delete { keys: vec![b"s".to_vec(), b"zz".to_vec()] }), CommandResult::Deleted(1));
+}
+
+/// A follower cut off while the leader compacted its log catches up from a snapshot, which
+/// the leader reads from its data when it sends it — at its applied index, later than its
+/// compaction point — and labels with that index: appends are not idempotent, so data labelled
+/// with an older index would have entries applied twice on the follower.
+#[test]
+fn a_lagging_follower_catches_up_from_a_snapshot_read_at_the_applied_index() {
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.log_retain_entries = 5;
+        cfg.checkpoint_interval = Duration::from_millis(20);
+        cfg.checkpoint_slices = 1;
+    });
+    let range = RangeId(1);
+    let leader = c.wait_leader(range);
+    let follower = (leader + 1) % 3;
+    let (l, f) = (leader as u64 + 1, follower as u64 + 1);
+    let append = |suffix: &[u8]| {
+        let command = Command::Append { key: b"s".to_vec(), suffix: suffix.to_vec() };
+        match c.runtime.block_on(c.handles[leader].propose(range, command)) {
+            Ok(CommandResult::Length(n)) => n,
+            other => panic!("append: {other:?}"),
+        }
+    };
+    c.cut.lock().unwrap().extend([(l, f), (f, l)]);
+    let mut length = 0;
+    for _ in 0..60 {
+        length = append(b"x");
+    }
+    // Let a checkpoint and a compaction happen, then apply a few entries past it.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        length = append(b"y");
+    }
+    assert_eq!(length, 63);
+    c.cut.lock().unwrap().clear();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let digests: Vec<_> =
+            c.handles.iter().map(|h| c.runtime.block_on(h.digests()).unwrap().remove(0)).collect();
+        if digests.iter().all(|d| d == &digests[0]) {
+            assert!(digests[0].applied.0 >= 63, "{digests:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas never converged: {digests:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.get(b"s").map(|v| v.len()), Some(63));
 }
 
 #[test]

@@ -42,10 +42,15 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// this node knows (see `Node::forward`).
 const FORWARD_RECHECK: Duration = Duration::from_millis(50);
 
-/// A forwarded request whose target this node has seen lose the range is still given this long
-/// to answer — a leader that handed over its leadership answers its last writes within
-/// milliseconds, and this node's own view may be the stale one — before the wait is given up.
-const FORWARD_GRACE_AFTER_LEADER_CHANGE: Duration = Duration::from_millis(300);
+/// A forwarded read whose target this node has seen lose the range is still given this long
+/// to answer (this node's own view may be the stale one) before it is retried elsewhere.
+const FORWARD_READ_GRACE: Duration = Duration::from_millis(300);
+
+/// The same for a forwarded write, which is then answered "outcome unknown": longer, because a
+/// leader that handed over its leadership answers its last writes only once it hears of their
+/// commit from its successor — on a loaded node that can take a few hundred milliseconds, and a
+/// write that happened should not be reported unknown for that.
+const FORWARD_WRITE_GRACE: Duration = Duration::from_secs(1);
 
 /// Capacity of the channel from the transport to the driver.
 const INBOUND_BATCHES_MAX: usize = 4_096;
@@ -339,11 +344,11 @@ impl Node {
 
     /// Sends `request` to `node`, which this node believes leads the request's range, and
     /// waits for its answer — but not past the point where this node knows better: when `node`
-    /// is presumed dead, or another node has led the range for `FORWARD_GRACE_AFTER_LEADER_CHANGE`
-    /// as far as this node sees, the answer may never come (a leader that hears nothing can
-    /// neither answer nor learn it was deposed), so the wait ends there instead of at
-    /// `FORWARD_TIMEOUT`. A read is then answered `NotLeader` with the new leader (the caller
-    /// retries there: reads are safe to repeat); a write "outcome unknown".
+    /// is presumed dead, or another node has led the range for `FORWARD_READ_GRACE` (a read) or
+    /// `FORWARD_WRITE_GRACE` (a write) as far as this node sees, the answer may never come (a
+    /// leader that hears nothing can neither answer nor learn it was deposed), so the wait ends
+    /// there instead of at `FORWARD_TIMEOUT`. A read is then answered `NotLeader` with the new
+    /// leader (the caller retries there: reads are safe to repeat); a write "outcome unknown".
     async fn forward(&self, node: NodeId, request: KvRequest) -> Result<KvResponse, KvError> {
         let (range, is_write) = match &request {
             KvRequest::Propose { range, .. } => (Some(*range), true),
@@ -359,9 +364,12 @@ impl Node {
         let mut recheck =
             tokio::time::interval_at(tokio::time::Instant::now() + FORWARD_RECHECK, FORWARD_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let grace = if is_write { FORWARD_WRITE_GRACE } else { FORWARD_READ_GRACE };
         let mut deposed_since: Option<tokio::time::Instant> = None;
         let answer = loop {
             tokio::select! {
+                // An answer that is there wins over a recheck due at the same time.
+                biased;
                 answer = &mut answer => break answer,
                 _ = recheck.tick() => {
                     let leader = range.and_then(|r| self.store.leader_of(r));
@@ -371,7 +379,7 @@ impl Node {
                         continue;
                     }
                     let since = *deposed_since.get_or_insert_with(tokio::time::Instant::now);
-                    if !dead && since.elapsed() < FORWARD_GRACE_AFTER_LEADER_CHANGE {
+                    if !dead && since.elapsed() < grace {
                         continue;
                     }
                     metrics::counter!("flotilla_forwards_abandoned_total").increment(1);
@@ -380,10 +388,12 @@ impl Node {
                     } else {
                         format!("{node} no longer leads the range")
                     };
-                    return Err(match (is_write, range) {
-                        (true, _) => KvError::Unknown(format!("forwarded write to {node}: {why}")),
-                        (false, Some(range)) if !dead => KvError::NotLeader { range, leader_hint: leader },
-                        (false, _) => KvError::Unavailable(format!("read via {node}: {why}")),
+                    return Err(match (is_write, range, leader.filter(|&l| l != node)) {
+                        (true, _, _) => KvError::Unknown(format!("forwarded write to {node}: {why}")),
+                        (false, Some(range), Some(other)) => {
+                            KvError::NotLeader { range, leader_hint: Some(other) }
+                        }
+                        (false, _, _) => KvError::Unavailable(format!("read via {node}: {why}")),
                     });
                 }
             }

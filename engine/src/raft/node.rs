@@ -1474,6 +1474,7 @@ impl RawNode {
     }
 
     fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
         let meta = &snapshot.meta;
         if meta.index <= self.log.committed {
             let index = self.log.committed;
@@ -1495,10 +1496,9 @@ impl RawNode {
             } else {
                 snapshot.clone()
             });
-            self.pending_snapshot = Some(snapshot.clone());
+            self.pending_snapshot = Some(snapshot);
             self.refresh_membership();
         }
-        let index = snapshot.meta.index;
         self.send(
             from,
             MessageBody::AppendResponse { reject: false, index, hint_index: index, hint_term: None },

@@ -2203,6 +2203,31 @@ fn snapshot_log_compaction_drops_entries() {
     assert_eq!((r.snapshot_index(), r.last_index(), r.commit_index()), (applied, index, index));
 }
 
+/// A host that reads snapshot data at a later committed index than its compaction point
+/// (`Config::host_snapshot_data`) labels it with `snapshot_meta_at`: the term and membership as
+/// of that index; nothing below the compaction point or past the commit.
+#[test]
+fn snapshot_meta_at_describes_later_committed_indexes() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    for i in 0..3 {
+        net.propose(1, cmd(i));
+    }
+    net.deliver();
+    let meta = net.compact(1);
+    let change = net.act(1, |r| r.propose_conf_change(add_learner(4))).unwrap();
+    net.deliver();
+    let uncommitted = net.propose(1, cmd(9));
+    let r = net.raft(1);
+    assert_eq!(r.snapshot_meta_at(meta.index), Some(meta.clone()));
+    let at_change = r.snapshot_meta_at(change).expect("a committed index after the compaction");
+    assert_eq!((at_change.index, at_change.term), (change, Term(2)));
+    assert_eq!(&at_change.membership, r.membership());
+    assert_ne!(at_change.membership, meta.membership, "the learner is in it");
+    assert_eq!(r.snapshot_meta_at(LogIndex(meta.index.0 - 1)), None, "compacted");
+    assert_eq!(r.snapshot_meta_at(uncommitted), None, "not committed");
+}
+
 /// A follower that needs compacted entries receives `InstallSnapshot`, installs it (it comes out
 /// in `Ready::snapshot`), and then continues with the entries after it.
 #[test]

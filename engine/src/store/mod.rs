@@ -224,6 +224,8 @@ pub struct RangeStatus {
     pub applied: u64,
     pub commit: u64,
     pub quiesced: bool,
+    /// The index the log is compacted to (its snapshot's), 0 before the first compaction.
+    pub snapshot: u64,
     /// Leader only: each member's replication state, for diagnosis.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub progress: String,
@@ -1397,6 +1399,10 @@ impl Driver {
 
     fn queue_message(&mut self, range: RangeId, m: Message) {
         let to = m.to;
+        if let MessageBody::InstallSnapshot { snapshot } = m.body {
+            self.queue_snapshot(range, to, m.term, snapshot);
+            return;
+        }
         let batch = self.batch_for(to);
         match m.body {
             MessageBody::Heartbeat { commit, read_seq } => {
@@ -1406,43 +1412,44 @@ impl Driver {
             MessageBody::HeartbeatResponse { read_seq } => {
                 batch.heartbeat_responses.push(HeartbeatResponseEntry { range, term: m.term, read_seq });
             }
-            MessageBody::InstallSnapshot { snapshot } => {
-                // A snapshot of this range on its way to this peer in this term is not
-                // restarted: whatever its index, the peer catches up from it with appends.
-                let in_progress = self
-                    .snapshots_out
-                    .get(&(to, range))
-                    .and_then(|q| q.front())
-                    .is_some_and(|c| c.term == m.term);
-                if in_progress {
-                    return;
-                }
-                let Some(snapshot) = self.snapshot_to_send(range, snapshot) else { return };
-                // Split into bounded chunks, sent a few per round by `flush_outbox`.
-                let total = snapshot.data.len() as u64;
-                let size = self.cfg.snapshot_chunk_bytes.max(1);
-                let mut chunks = VecDeque::new();
-                let mut offset = 0usize;
-                loop {
-                    let end = (offset + size).min(snapshot.data.len());
-                    chunks.push_back(SnapshotChunk {
-                        range,
-                        term: m.term,
-                        meta: snapshot.meta.clone(),
-                        offset: offset as u64,
-                        total,
-                        bytes: snapshot.data[offset..end].to_vec(),
-                    });
-                    offset = end;
-                    if offset >= snapshot.data.len() {
-                        break;
-                    }
-                }
-                metrics::counter!("flotilla_snapshots_sent_total").increment(1);
-                self.snapshots_out.insert((to, range), chunks);
-            }
             _ => batch.messages.push((range, m)),
         }
+    }
+
+    /// Queues `snapshot` for `to` in chunks (sent a few per round by `flush_outbox`), with its
+    /// data read now (`snapshot_to_send`).
+    fn queue_snapshot(&mut self, range: RangeId, to: NodeId, term: Term, snapshot: Snapshot) {
+        // A snapshot of this range on its way to this peer in this term is not restarted:
+        // whatever its index, the peer catches up from it with appends.
+        let in_progress =
+            self.snapshots_out.get(&(to, range)).and_then(|q| q.front()).is_some_and(|c| c.term == term);
+        // Reading the range for a peer presumed dead would be work for nothing on the
+        // driver's thread: the core asks again once its snapshot timeout has passed.
+        if in_progress || self.peers_dead.contains(&to) {
+            return;
+        }
+        let Some(snapshot) = self.snapshot_to_send(range, snapshot) else { return };
+        let total = snapshot.data.len() as u64;
+        let size = self.cfg.snapshot_chunk_bytes.max(1);
+        let mut chunks = VecDeque::new();
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + size).min(snapshot.data.len());
+            chunks.push_back(SnapshotChunk {
+                range,
+                term,
+                meta: snapshot.meta.clone(),
+                offset: offset as u64,
+                total,
+                bytes: snapshot.data[offset..end].to_vec(),
+            });
+            offset = end;
+            if offset >= snapshot.data.len() {
+                break;
+            }
+        }
+        metrics::counter!("flotilla_snapshots_sent_total").increment(1);
+        self.snapshots_out.insert((to, range), chunks);
     }
 
     /// The snapshot the core asked to send, with its data: the range's data and applied index
@@ -1537,6 +1544,7 @@ impl Driver {
                 applied: g.record.applied.0,
                 commit: st.commit.0,
                 quiesced: g.quiesced,
+                snapshot: g.raft.snapshot_index().0,
                 progress: g.raft.progress_summary(),
             };
             if let Ok(mut r) = self.routing.lock() {

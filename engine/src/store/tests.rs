@@ -167,29 +167,44 @@ fn a_lagging_follower_catches_up_from_a_snapshot_read_at_the_applied_index() {
         cfg.checkpoint_slices = 1;
     });
     let range = RangeId(1);
-    let leader = c.wait_leader(range);
-    let follower = (leader + 1) % 3;
-    let (l, f) = (leader as u64 + 1, follower as u64 + 1);
-    let append = |suffix: &[u8]| {
+    let status_of = |k: usize| c.handles[k].status().ranges.into_iter().find(|r| r.id == range.0).unwrap();
+    let follower = (c.wait_leader(range) + 1) % 3;
+    let f = follower as u64 + 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Appends through whichever other node leads; a refusal for not leading changed nothing.
+    let append = |suffix: &[u8]| loop {
+        let k = c.wait_leader(range);
         let command = Command::Append { key: b"s".to_vec(), suffix: suffix.to_vec() };
-        match c.runtime.block_on(c.handles[leader].propose(range, command)) {
-            Ok(CommandResult::Length(n)) => n,
-            other => panic!("append: {other:?}"),
+        match c.runtime.block_on(c.handles[k].propose(range, command)) {
+            Ok(CommandResult::Length(n)) => return (k, n),
+            Err(KvError::NotLeader { .. }) if k != follower && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(KvError::NotLeader { .. }) if k == follower => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("append on node {}: {other:?}", k + 1),
         }
     };
-    c.cut.lock().unwrap().extend([(l, f), (f, l)]);
-    let mut length = 0;
+    c.cut.lock().unwrap().extend((1..=3).filter(|&o| o != f).flat_map(|o| [(o, f), (f, o)]));
+    let behind = status_of(follower).applied;
     for _ in 0..60 {
-        length = append(b"x");
+        append(b"x");
     }
-    // Let a checkpoint and a compaction happen, then apply a few entries past it.
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the leader's log is compacted past everything the follower has, then apply
+    // a few entries after the compaction point, so that the leader's data is ahead of it.
+    loop {
+        let k = c.wait_leader(range);
+        if k != follower && status_of(k).snapshot > behind + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader never compacted: {:?}", status_of(k));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut length = 0;
     for _ in 0..3 {
-        length = append(b"y");
+        length = append(b"y").1;
     }
     assert_eq!(length, 63);
     c.cut.lock().unwrap().clear();
-    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let digests: Vec<_> =
             c.handles.iter().map(|h| c.runtime.block_on(h.digests()).unwrap().remove(0)).collect();
@@ -200,6 +215,12 @@ fn a_lagging_follower_catches_up_from_a_snapshot_read_at_the_applied_index() {
         assert!(Instant::now() < deadline, "replicas never converged: {digests:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // It caught up by a snapshot, not by appends (its status is published within 100 ms).
+    while status_of(follower).applied < 63 {
+        assert!(Instant::now() < deadline, "no fresh status: {:?}", status_of(follower));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(status_of(follower).snapshot > behind + 1, "{:?}", status_of(follower));
     assert_eq!(c.get(b"s").map(|v| v.len()), Some(63));
 }
 

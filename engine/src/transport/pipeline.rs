@@ -83,17 +83,15 @@ impl Pipeline {
             }
             waiting.answers.insert(id, answer);
         }
-        let forget = || {
-            lock(&self.waiting).answers.remove(&id);
-        };
+        // However this ends — answered, timed out, or the caller dropping this future — the
+        // slot for the answer goes with it.
+        let _forget = Forget { waiting: &self.waiting, id };
         match tokio::time::timeout_at(deadline, self.queue.send(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
-                forget();
                 return Err(TransportError::Unreachable { peer, reason: "request stream closed".into() });
             }
             Err(_) => {
-                forget();
                 return Err(TransportError::Unreachable {
                     peer,
                     reason: format!("request queue full for {timeout:?}"),
@@ -103,11 +101,20 @@ impl Pipeline {
         match tokio::time::timeout_at(deadline, answered).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(TransportError::Lost { peer, reason: "request stream closed".into() }),
-            Err(_) => {
-                forget();
-                Err(TransportError::Timeout { peer, timeout })
-            }
+            Err(_) => Err(TransportError::Timeout { peer, timeout }),
         }
+    }
+}
+
+/// Removes a request's answer slot when dropped (a no-op once the answer was delivered).
+struct Forget<'a> {
+    waiting: &'a Mutex<Waiting>,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.waiting).answers.remove(&self.id);
     }
 }
 

@@ -62,6 +62,11 @@ pub const ROUND_INPUTS_MAX: usize = 4_096;
 /// quiet node the two thread hand-offs would cost more latency than the overlap gains.
 const OFFLOAD_SYNC_ENTRIES_MIN: u64 = 4;
 
+/// A snapshot read for a peer is sent again as it is — same index, so the peer keeps the
+/// chunks it already has — if the peer needs one again within this long, in the same term, and
+/// the leader's log still starts at or before its index.
+const SNAPSHOT_REUSE_FOR: Duration = Duration::from_secs(30);
+
 /// Errors returned to clients of the store.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -598,6 +603,7 @@ pub fn build(
         touched: BTreeSet::new(),
         outbox: BTreeMap::new(),
         snapshots_out: BTreeMap::new(),
+        snapshots_read: BTreeMap::new(),
         snapshots_in: BTreeMap::new(),
         liveness_ticks: 0,
         status_published: now,
@@ -642,8 +648,11 @@ pub struct Driver {
     /// Groups that got input this round and may have a `Ready`.
     touched: BTreeSet<RangeId>,
     outbox: BTreeMap<NodeId, RaftBatch>,
-    /// Snapshot chunks waiting to go, per (peer, range); a newer snapshot replaces an older one.
+    /// Snapshot chunks waiting to go, per (peer, range); one transfer at a time in a term.
     snapshots_out: BTreeMap<(NodeId, RangeId), VecDeque<SnapshotChunk>>,
+    /// The last snapshot read for each (peer, range), with when and in which term: see
+    /// `SNAPSHOT_REUSE_FOR`.
+    snapshots_read: BTreeMap<(NodeId, RangeId), (Duration, Term, Arc<Snapshot>)>,
     /// Snapshots being received, per (sender, range): the first chunk's header and the pieces
     /// so far by offset.
     snapshots_in: BTreeMap<(NodeId, RangeId), IncomingSnapshot>,
@@ -1428,7 +1437,22 @@ impl Driver {
         if in_progress || self.peers_dead.contains(&to) {
             return;
         }
-        let Some(snapshot) = self.snapshot_to_send(range, snapshot) else { return };
+        let now = self.clock.now();
+        let log_start = self.groups.get(&range).map(|g| g.raft.snapshot_index());
+        let reusable = self.snapshots_read.get(&(to, range)).filter(|(read_at, read_term, read)| {
+            *read_term == term
+                && now.saturating_sub(*read_at) < SNAPSHOT_REUSE_FOR
+                && log_start.is_some_and(|start| read.meta.index >= start)
+        });
+        let snapshot = match reusable {
+            Some((_, _, read)) => Arc::clone(read),
+            None => {
+                let Some(read) = self.snapshot_to_send(range, snapshot) else { return };
+                let read = Arc::new(read);
+                self.snapshots_read.insert((to, range), (now, term, Arc::clone(&read)));
+                read
+            }
+        };
         let total = snapshot.data.len() as u64;
         let size = self.cfg.snapshot_chunk_bytes.max(1);
         let mut chunks = VecDeque::new();
@@ -1506,6 +1530,11 @@ impl Driver {
             }
         }
         self.snapshots_out.retain(|_, chunks| !chunks.is_empty());
+        if !self.snapshots_read.is_empty() {
+            let now = self.clock.now();
+            self.snapshots_read
+                .retain(|_, (read_at, _, _)| now.saturating_sub(*read_at) < SNAPSHOT_REUSE_FOR);
+        }
         for (_, batch) in std::mem::take(&mut self.outbox) {
             metrics::counter!("flotilla_peer_batches_sent_total").increment(1);
             (self.send)(batch);

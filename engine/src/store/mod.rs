@@ -62,9 +62,9 @@ pub const ROUND_INPUTS_MAX: usize = 4_096;
 /// quiet node the two thread hand-offs would cost more latency than the overlap gains.
 const OFFLOAD_SYNC_ENTRIES_MIN: u64 = 4;
 
-/// A snapshot read for a peer is sent again as it is — same index, so the peer keeps the
-/// chunks it already has — if the peer needs one again within this long, in the same term, and
-/// the leader's log still starts at or before its index.
+/// A snapshot read for a range is sent again as it is — to the peer that needs it again (same
+/// index, so the peer keeps the chunks it already has) or to another one — if it is needed
+/// within this long, in the same term, and the leader's log still starts at or before its index.
 const SNAPSHOT_REUSE_FOR: Duration = Duration::from_secs(30);
 
 /// Errors returned to clients of the store.
@@ -161,7 +161,7 @@ impl StoreConfig {
         cfg.election_ticks = self.election_ticks;
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.lease_drift_ticks = self.lease_drift_ticks;
-        // The range's data is the snapshot: read when one is sent (`queue_message`).
+        // The range's data is the snapshot: read when one is sent (`Driver::queue_snapshot`).
         cfg.host_snapshot_data = true;
         cfg
     }
@@ -564,14 +564,11 @@ pub fn build(
     }
     let mut groups = BTreeMap::new();
     for desc in &ranges {
-        let (mut initial, record) = storage.load_group(desc.id).map_err(storage_err)?.ok_or_else(|| {
+        // The snapshot comes without data (`load_group`): the range's data *is* the snapshot,
+        // read when one is sent (`Driver::queue_snapshot`).
+        let (initial, record) = storage.load_group(desc.id).map_err(storage_err)?.ok_or_else(|| {
             KvError::Storage(format!("range {} has a descriptor but no Raft state", desc.id))
         })?;
-        // Snapshot data is not kept apart: the range's data *is* the snapshot, read when one is
-        // sent (`queue_message`). The core keeps only its metadata.
-        if let Some(snapshot) = initial.snapshot.as_mut() {
-            snapshot.data = Vec::new();
-        }
         let seed = cfg.node_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ desc.id.0;
         let raft = RawNode::new(cfg.raft_config(), initial, seed)
             .map_err(|e: RaftError| KvError::Storage(format!("range {}: {e}", desc.id)))?;
@@ -650,9 +647,9 @@ pub struct Driver {
     outbox: BTreeMap<NodeId, RaftBatch>,
     /// Snapshot chunks waiting to go, per (peer, range); one transfer at a time in a term.
     snapshots_out: BTreeMap<(NodeId, RangeId), VecDeque<SnapshotChunk>>,
-    /// The last snapshot read for each (peer, range), with when and in which term: see
+    /// The last snapshot read for each range, with when and in which term: see
     /// `SNAPSHOT_REUSE_FOR`.
-    snapshots_read: BTreeMap<(NodeId, RangeId), (Duration, Term, Arc<Snapshot>)>,
+    snapshots_read: BTreeMap<RangeId, (Duration, Term, Arc<Snapshot>)>,
     /// Snapshots being received, per (sender, range): the first chunk's header and the pieces
     /// so far by offset.
     snapshots_in: BTreeMap<(NodeId, RangeId), IncomingSnapshot>,
@@ -1439,7 +1436,7 @@ impl Driver {
         }
         let now = self.clock.now();
         let log_start = self.groups.get(&range).map(|g| g.raft.snapshot_index());
-        let reusable = self.snapshots_read.get(&(to, range)).filter(|(read_at, read_term, read)| {
+        let reusable = self.snapshots_read.get(&range).filter(|(read_at, read_term, read)| {
             *read_term == term
                 && now.saturating_sub(*read_at) < SNAPSHOT_REUSE_FOR
                 && log_start.is_some_and(|start| read.meta.index >= start)
@@ -1449,7 +1446,7 @@ impl Driver {
             None => {
                 let Some(read) = self.snapshot_to_send(range, snapshot) else { return };
                 let read = Arc::new(read);
-                self.snapshots_read.insert((to, range), (now, term, Arc::clone(&read)));
+                self.snapshots_read.insert(range, (now, term, Arc::clone(&read)));
                 read
             }
         };
